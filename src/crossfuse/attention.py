@@ -1,0 +1,248 @@
+"""Multi-head cross-attention: the one attention primitive of crossfuse.
+
+Queries come from one stream, keys and values from another (Vaswani et al., 2017):
+``softmax(Q K^T / sqrt(d_head)) V``. Self-attention is the special case ``context = query``.
+The fast path calls ``torch.nn.functional.scaled_dot_product_attention`` and never builds an
+``Nq x Nk`` matrix unless a mask forces one; ``return_attention=True`` computes the same math
+explicitly and also returns the weights.
+
+Masks follow one convention everywhere: boolean, ``True = attend / valid``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crossfuse.validation import check_tensor
+
+
+@dataclass
+class KVCache:
+    """Projected keys/values of one attention layer, kept between decoding steps.
+
+    ``static=True`` holds a fixed context (cross-attention into image patches): the context is
+    projected on the first call and reused afterwards. ``static=False`` appends the keys/values
+    of each call (causal self-attention over the tokens generated so far).
+
+    Shapes: key, value: (B, H, Nk, d_head)  mask: (B, Nk) bool, True = attend, or None.
+    """
+
+    static: bool = False
+    key: Tensor | None = None
+    value: Tensor | None = None
+    mask: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached key positions (0 when empty)."""
+        return 0 if self.key is None else self.key.shape[2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows in place, e.g. the surviving hypotheses of a beam search.
+
+        Shapes: index: (B',) long  ->  cache holds B' rows.
+        """
+        if self.key is None:
+            return
+        self.key = self.key.index_select(0, index)
+        self.value = self.value.index_select(0, index)
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+
+    def update(self, key: Tensor, value: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Store (static) or append (incremental) new keys/values; return everything cached."""
+        if self.static or self.key is None:
+            self.key, self.value, self.mask = key, value, mask
+            return key, value, mask
+        if self.mask is not None or mask is not None:
+            old = self.mask if self.mask is not None else _all_true(self.key)
+            new = mask if mask is not None else _all_true(key)
+            self.mask = torch.cat([old, new], dim=1)
+        self.key = torch.cat([self.key, key], dim=2)
+        self.value = torch.cat([self.value, value], dim=2)
+        return self.key, self.value, self.mask
+
+
+def _all_true(key: Tensor) -> Tensor:
+    return torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention whose queries come from ``query`` and keys/values from ``context``.
+
+    Args:
+        query_dim: feature size Dq of the query stream.
+        context_dim: feature size Dk of the context stream (= query_dim for self-attention).
+        num_heads: number of heads H.
+        head_dim: size of each head; default ``query_dim // num_heads``.
+        dropout: dropout on the attention weights during training.
+        bias: whether the projections have biases.
+        out_dim: output feature size; default ``query_dim``.
+
+    Shapes:
+        query: (B, Nq, Dq)  context: (B, Nk, Dk) or None (self-attention, Nk = Nq)
+        context_mask: (B, Nk) bool, True = attend  attn_mask: (B or 1, Nq, Nk) bool, True = attend
+        ->  output: (B, Nq, out_dim), and with ``return_attention`` weights: (B, H, Nq, Nk)
+
+    A query row with no key to attend returns exactly zeros (and zero gradients), not NaN.
+    ``causal=True`` lets query i see keys j <= i + (Nk - Nq), i.e. queries are the last Nq
+    positions of the key sequence (as when decoding with a cache).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if query_dim % num_heads:
+                raise ValueError(
+                    f"num_heads: query_dim={query_dim} is not divisible by num_heads={num_heads}; "
+                    "pass head_dim explicitly"
+                )
+            head_dim = query_dim // num_heads
+        self.query_dim, self.context_dim = query_dim, context_dim
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.out_dim = query_dim if out_dim is None else out_dim
+        self.dropout = dropout
+        inner = num_heads * head_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner, bias=bias)
+        self.to_out = nn.Linear(inner, self.out_dim, bias=bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        return_attention: bool = False,
+        cache: KVCache | None = None,
+        causal: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        self._validate(query, context, context_mask, attn_mask, cache)
+        batch, n_query, _ = query.shape
+        q = self._split_heads(self.to_q(query))
+        k, v, context_mask = self._keys_values(query, context, context_mask, cache)
+        mask = _combine_masks(context_mask, attn_mask, causal, n_query, k.shape[2], q.device, explicit=return_attention)
+        # Rows with no key to attend would be 0/0 in the softmax: give them every key so
+        # the kernel stays finite, then zero their output (and so their gradient) below.
+        valid_rows = None
+        if mask is not None:
+            valid_rows = mask.any(dim=-1, keepdim=True)  # (B|1, 1, Nq|1, 1)
+            mask = mask | ~valid_rows
+        dropout_p = self.dropout if self.training else 0.0
+        if return_attention:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            if valid_rows is not None:
+                weights = weights.masked_fill(~valid_rows, 0.0)
+            heads = F.dropout(weights, dropout_p, self.training) @ v
+        else:
+            use_causal_flag = causal and mask is None
+            heads = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=use_causal_flag
+            )
+        out = self.to_out(heads.transpose(1, 2).reshape(batch, n_query, -1))
+        if valid_rows is not None:
+            out = out.masked_fill(~valid_rows[:, 0], 0.0)  # (B|1, Nq|1, 1) broadcasts over D
+        if return_attention:
+            return out, weights.expand(batch, -1, n_query, -1)
+        return out
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _keys_values(
+        self, query: Tensor, context: Tensor | None, context_mask: Tensor | None, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        if cache is not None and cache.static and cache.key is not None:
+            return cache.key, cache.value, cache.mask
+        source = query if context is None else context
+        k, v = self._split_heads(self.to_k(source)), self._split_heads(self.to_v(source))
+        if cache is None:
+            return k, v, context_mask
+        return cache.update(k, v, context_mask)
+
+    def _validate(
+        self,
+        query: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        cache: KVCache | None,
+    ) -> None:
+        sizes: dict[str, int] = {}
+        check_tensor("query", query, ("B", "Nq", self.query_dim), sizes, dtype="float")
+        reuse_static = cache is not None and cache.static and cache.key is not None
+        if context is None and not reuse_static and self.context_dim != self.query_dim:
+            raise ValueError(
+                f"context: required because context_dim={self.context_dim} differs from "
+                f"query_dim={self.query_dim} (self-attention needs equal sizes)"
+            )
+        if context is not None and not reuse_static:
+            check_tensor("context", context, ("B", "Nk", self.context_dim), sizes, dtype="float")
+        elif reuse_static:
+            sizes["Nk"] = cache.length
+            if cache.key.shape[0] != sizes["B"]:
+                raise ValueError(
+                    f"cache: holds a context for batch size {cache.key.shape[0]}, query has B={sizes['B']}"
+                )
+        else:
+            sizes["Nk"] = sizes["Nq"]
+        if cache is not None and not cache.static and cache.key is not None:
+            sizes["Nk_total"] = cache.length + sizes["Nk"]
+        if context_mask is not None:
+            if reuse_static:
+                raise ValueError("context_mask: the cache already holds the context's mask; pass None")
+            check_tensor("context_mask", context_mask, ("B", "Nk"), sizes, dtype="bool")
+        if attn_mask is not None:
+            n_keys = sizes.get("Nk_total", sizes["Nk"])
+            check_tensor("attn_mask", attn_mask, (None, "Nq", n_keys), sizes, dtype="bool")
+            if attn_mask.shape[0] not in (1, sizes["B"]):
+                raise ValueError(
+                    f"attn_mask: expected shape ({sizes['B']} or 1, {sizes['Nq']}, {n_keys}), "
+                    f"got {tuple(attn_mask.shape)}"
+                )
+
+
+def _combine_masks(
+    context_mask: Tensor | None,
+    attn_mask: Tensor | None,
+    causal: bool,
+    n_query: int,
+    n_key: int,
+    device: torch.device,
+    explicit: bool = False,
+) -> Tensor | None:
+    """Merge key-padding, per-query and causal masks into one (B|1, 1, Nq|1, Nk) bool mask.
+
+    Returns None when nothing is masked and causality can be left to SDPA's ``is_causal``
+    (square case, ``explicit=False``), so no Nq x Nk matrix is built.
+    """
+    mask = None
+    if context_mask is not None:
+        mask = context_mask[:, None, None, :]
+    if attn_mask is not None:
+        mask = attn_mask[:, None] if mask is None else mask & attn_mask[:, None]
+    if causal and (explicit or mask is not None or n_query != n_key):
+        offset = n_key - n_query
+        rows = torch.arange(n_query, device=device)[:, None] + offset
+        allowed = torch.arange(n_key, device=device)[None, :] <= rows  # (Nq, Nk)
+        mask = allowed[None, None] if mask is None else mask & allowed
+    return mask

@@ -1,0 +1,1 @@
+"""Encoders, the fusion classifier and the image-to-report captioner."""
