@@ -29,6 +29,7 @@ class FusionConfig:
     dim: int = 64
     num_heads: int = 4
     num_layers: int = 2
+    encoder_layers: int = 1  # self-attention blocks in each per-modality encoder, before fusion
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     direction: str = "a->b"

@@ -1,0 +1,67 @@
+"""Late fusion: one independent expert per modality, predictions combined at the end.
+
+Each expert is a `SequenceEncoder` with ``encoder_layers + num_layers`` self-attention blocks
+(the same depth per stream as the attending strategies), a LayerNorm, masked mean pooling and a
+linear classifier. The experts never see each other's tokens; only their outputs are combined
+(decision-level fusion, e.g. Snoek et al., 2005):
+
+- ``late_combine="logits"``: ``logits = mean_m z_m``
+- ``late_combine="probs"``: ``logits = log(mean_m softmax(z_m))``, the log of the averaged
+  probabilities, so ``cross_entropy(logits, y)`` is the NLL of the probability average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
+from crossfuse.models.encoders import check_fusion_args, check_modality_inputs, masked_mean, sequence_encoders
+
+LATE_COMBINES = ("logits", "probs")
+
+
+@register_fusion("late")
+class LateFusion(FusionModel):
+    """Per-modality experts whose logits (or probabilities) are averaged.
+
+    Shapes:
+        inputs: {name: (B, N_m, D_m)}  masks: {name: (B, N_m) bool} or None
+        ->  FusionOutput(logits (B, C), pooled (B, M * D) (experts' pooled features, concatenated),
+            modality_logits {name: (B, C)} (each expert's own logits), tokens {name: (B, N_m, D)},
+            attention {"m->m": (B, H, N_m, N_m)} (each expert's last self-attention) when requested)
+    """
+
+    def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
+        check_fusion_args(modalities, num_outputs, config)
+        if config.late_combine not in LATE_COMBINES:
+            raise ValueError(f"config.late_combine: expected one of {list(LATE_COMBINES)}, got {config.late_combine!r}")
+        super().__init__(modalities, num_outputs, config)
+        self.encoders = sequence_encoders(modalities, config, config.encoder_layers + config.num_layers)
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(config.dim) for name in modalities})
+        self.classifiers = nn.ModuleDict({name: nn.Linear(config.dim, num_outputs) for name in modalities})
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        masks: dict[str, Tensor] | None = None,
+        return_attention: bool = False,
+    ) -> FusionOutput:
+        checked = check_modality_inputs(self.modalities, inputs, masks)
+        tokens, pooled, expert_logits, attention = {}, [], {}, {}
+        for name in self.modalities:
+            h, weights = self.encoders[name](inputs[name], checked[name], return_attention=True)
+            tokens[name] = h
+            feature = masked_mean(self.norms[name](h), checked[name])
+            pooled.append(feature)
+            expert_logits[name] = self.classifiers[name](feature)
+            if return_attention and weights is not None:
+                attention[f"{name}->{name}"] = weights
+        stacked = torch.stack(list(expert_logits.values()))  # (M, B, C)
+        if self.config.late_combine == "logits":
+            logits = stacked.mean(dim=0)
+        else:
+            logits = stacked.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(expert_logits))
+        return FusionOutput(logits, torch.cat(pooled, dim=-1), expert_logits, tokens, attention or None)
