@@ -143,6 +143,8 @@ class CrossAttention(nn.Module):
         if mask is not None:
             valid_rows = mask.any(dim=-1, keepdim=True)  # (B|1, 1, Nq|1, 1)
             mask = mask | ~valid_rows
+        elif k.shape[2] == 0:  # an empty context: no row has a key (the output would be to_out's bias)
+            valid_rows = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=q.device)
         dropout_p = self.dropout if self.training else 0.0
         if return_attention:
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
@@ -206,6 +208,11 @@ class CrossAttention(nn.Module):
         else:
             sizes["Nk"] = sizes["Nq"]
         if cache is not None and not cache.static and cache.key is not None:
+            if cache.key.shape[0] != sizes["B"]:
+                raise ValueError(
+                    f"cache: holds keys for batch size {cache.key.shape[0]}, query has B={sizes['B']} "
+                    "(call cache.reorder(index) to select rows)"
+                )
             sizes["Nk_total"] = cache.length + sizes["Nk"]
         if context_mask is not None:
             if reuse_static:
@@ -213,12 +220,15 @@ class CrossAttention(nn.Module):
             check_tensor("context_mask", context_mask, ("B", "Nk"), sizes, dtype="bool")
         if attn_mask is not None:
             n_keys = sizes.get("Nk_total", sizes["Nk"])
-            check_tensor("attn_mask", attn_mask, (None, "Nq", n_keys), sizes, dtype="bool")
-            if attn_mask.shape[0] not in (1, sizes["B"]):
-                raise ValueError(
-                    f"attn_mask: expected shape ({sizes['B']} or 1, {sizes['Nq']}, {n_keys}), "
-                    f"got {tuple(attn_mask.shape)}"
-                )
+            keys = f"Nk={n_keys}" if "Nk_total" not in sizes else f"Nk={n_keys} (cached {cache.length} + new)"
+            expected = f"(B={sizes['B']} or 1, Nq={sizes['Nq']}, {keys})"
+            if (
+                isinstance(attn_mask, Tensor)
+                and attn_mask.dim() == 3
+                and (attn_mask.shape[0] not in (1, sizes["B"]) or attn_mask.shape[1:] != (sizes["Nq"], n_keys))
+            ):
+                raise ValueError(f"attn_mask: expected shape {expected}, got {tuple(attn_mask.shape)}")
+            check_tensor("attn_mask", attn_mask, (None, sizes["Nq"], n_keys), dtype="bool")  # rank, type, dtype
 
 
 def _combine_masks(

@@ -42,12 +42,13 @@ def check_tensor(
             f"{name}: expected a {len(spec)}-d tensor of shape {describe(spec)}, "
             f"got shape {tuple(value.shape)} ({value.dim()}-d)"
         )
+    got = f"got {value.dtype} of shape {tuple(value.shape)}"
     if dtype == "bool" and value.dtype != torch.bool:
-        raise ValueError(f"{name}: expected dtype torch.bool (True = attend/valid), got {value.dtype}")
+        raise ValueError(f"{name}: expected dtype torch.bool (True = attend/valid) of shape {describe(spec)}, {got}")
     if dtype == "float" and not value.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+        raise ValueError(f"{name}: expected a floating-point tensor of shape {describe(spec)}, {got}")
     if isinstance(dtype, torch.dtype) and value.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype}, got {value.dtype}")
+        raise ValueError(f"{name}: expected dtype {dtype} of shape {describe(spec)}, {got}")
     for axis, (want, got) in enumerate(zip(spec, value.shape, strict=True)):
         if isinstance(want, str):
             want = sizes.setdefault(want, got)
