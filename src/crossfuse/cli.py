@@ -46,6 +46,74 @@ def cmd_attention_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_lab_end(lab, report: Path, started: float) -> int:
+    """Summary lines after a lab run; exit status 1 if any experiment failed, 130 if interrupted."""
+    import time
+
+    for record in lab.records:
+        verdict = record.result.verdict if record.result is not None else f"FAILED ({record.error})"
+        print(f"  {record.name:<18} {verdict}")
+    print(f"total time {time.monotonic() - started:.1f}s; report: {report}")
+    if lab.failed:
+        print(f"crossfuse: {len(lab.failed)} experiment(s) failed: {', '.join(lab.failed)} (see their log.txt)")
+    return 130 if lab.interrupted else (1 if lab.failed else 0)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Run lab experiments (all, --only a subset, or `lab run NAME`), write results.json and report.html."""
+    import time
+
+    from crossfuse.lab.runner import resolve_names, run_lab
+    from crossfuse.report.html import write_report
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    names = resolve_names([args.name] if getattr(args, "name", None) else args.only)
+    started = time.monotonic()
+    lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out)
+    report = write_report(lab.out)
+    return _print_lab_end(lab, report, started)
+
+
+def cmd_lab_list(args: argparse.Namespace) -> int:
+    """Print every experiment with its claim (or why its module cannot be imported)."""
+    from crossfuse.lab import result as lab_result
+
+    for name in lab_result.EXPERIMENTS:
+        try:
+            claim = str(lab_result.load_experiment(name).CLAIM)
+        except Exception as error:  # a missing or broken module is listed, not fatal
+            claim = f"(not available: {type(error).__name__}: {error})"
+        print(f"{name:<18} {claim}")
+    return 0
+
+
+def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--size/--seeds/--seed/--out on `lab` and on `lab run`; the subcommand's own default is SUPPRESS so an
+    option given before `run` is not reset by it."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--size", choices=["smoke", "quick", "full"], default=default("quick"))
+    parser.add_argument("--seeds", type=int, default=default(None), help="seeds per experiment (default: by size)")
+    parser.add_argument("--seed", type=int, default=default(0), help="first seed")
+    parser.add_argument("--out", default=default(None), help="new or empty directory (default runs/lab-<time>)")
+
+
+def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="run the lab experiments and write an HTML report")
+    _add_lab_options(lab, top=True)
+    lab.add_argument("--only", default=None, help="comma-separated experiment names, e.g. binding,report")
+    lab.set_defaults(func=cmd_lab)
+    lab_sub = lab.add_subparsers(dest="lab_command")
+    lab_sub.add_parser("list", help="list experiments with their claims").set_defaults(func=cmd_lab_list)
+    run = lab_sub.add_parser("run", help="run one experiment")
+    run.add_argument("name", help="experiment name (see `crossfuse lab list`)")
+    _add_lab_options(run, top=False)
+    run.set_defaults(func=cmd_lab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="crossfuse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=cmd_attention_demo)
+    _add_lab_parser(sub)
     return parser
 
 
