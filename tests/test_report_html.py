@@ -11,13 +11,13 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
-from fake_experiments import EVIL, explorer_data, install, ok_result, run_boom, run_evil, run_explorer, run_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossfuse.lab.runner import ExperimentRecord, run_lab
 from crossfuse.report.explorer import embed_json, example_problems, render_explorer
 from crossfuse.report.html import render_report, write_report
+from fake_experiments import EVIL, explorer_data, install, ok_result, run_boom, run_evil, run_explorer, run_ok
 
 
 class PageParser(HTMLParser):
@@ -85,7 +85,7 @@ def test_malicious_strings_are_escaped_everywhere(tmp_path, monkeypatch) -> None
 
 
 def test_page_is_self_contained_and_its_script_is_allowed_by_hash(tmp_path, monkeypatch) -> None:
-    out, page = _lab_page(tmp_path, monkeypatch, {"ok": run_ok, "explorer": run_explorer})
+    _, page = _lab_page(tmp_path, monkeypatch, {"ok": run_ok, "explorer": run_explorer})
     parsed = _parse(page)
     for tag, attrs in parsed.elements:
         for name in ("src", "href"):
@@ -156,7 +156,7 @@ def test_embedded_json_round_trips_and_cannot_close_the_script(value) -> None:
     decoded = json.loads(text)["v"]
 
     def finite(x):
-        if isinstance(x, float) and x != x or x in (float("inf"), float("-inf")):
+        if (isinstance(x, float) and x != x) or x in (float("inf"), float("-inf")):
             return None
         return [finite(v) for v in x] if isinstance(x, list) else x
 

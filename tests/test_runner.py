@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_experiments import install, run_boom, run_evil, run_interrupt, run_not_a_result, run_ok
 
 from crossfuse import cli
 from crossfuse.lab.runner import ProgressDisplay, new_output_dir, run_lab
+from fake_experiments import install, run_boom, run_evil, run_interrupt, run_not_a_result, run_ok
 
 
 def _results(out: Path) -> dict:
