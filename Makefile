@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/crossfuse attention-demo --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium for the explorer's browser test (tests/test_explorer_browser.py); never `playwright install`.
+# Needs root for apt-get; if it cannot be installed the browser test skips and says why.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium) \
+		|| echo "make browser: could not install chromium (needs root and apt); the browser test will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 

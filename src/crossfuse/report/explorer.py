@@ -109,7 +109,7 @@ def _example_html(index: int, example: dict[str, Any], labels: tuple[str, str]) 
     parts = [
         f'<figure class="ex" data-example="{index}">',
         f'<div class="ex-view" style="width:{round(width * scale)}px;height:{round(height * scale)}px">{picture}',
-        f'<canvas class="heat" width="{width * resolution}" height="{height * resolution}" {size}></canvas></div>',
+        f'<canvas class="heat" width="{width * resolution}" height="{height * resolution}"></canvas></div>',
         '<figcaption class="ex-side">',
         f'<label>layer / head <select class="head">{options}</select></label>',
         f'<p class="tokens"><span class="k">{escape(labels[0])}:</span> {words}</p>',
@@ -155,7 +155,8 @@ EXPLORER_CSS = """
 .explorer{display:flex;flex-direction:column;gap:1.2em}
 .ex{display:flex;flex-wrap:wrap;gap:1.2em;margin:0;align-items:flex-start}
 .ex-view{position:relative;flex:none;background:#222}
-.ex-view img,.ex-view canvas,.ex-view .ex-missing{position:absolute;left:0;top:0;image-rendering:pixelated}
+.ex-view img,.ex-view canvas,.ex-view .ex-missing{position:absolute;left:0;top:0;width:100%;height:100%;
+  image-rendering:pixelated}
 .ex-missing{color:#ccc;font-size:.8em;padding:.5em;box-sizing:border-box}
 .ex-side{flex:1;min-width:16em;max-width:40em}
 .tok{font:inherit;border:1px solid #bbb;background:#f7f7f7;border-radius:3px;padding:0 .3em;margin:.1em 0;
@@ -196,8 +197,9 @@ EXPLORER_SCRIPT = """
           var max = Math.max.apply(null, row.concat([1e-12])), best = row.indexOf(max), inside = 0, total = 0;
           for (var r = 0; r < gh; r++) for (var c = 0; c < gw; c++) {
             var v = row[r * gw + c] / max, rgb = colour(v);
-            ctx.fillStyle = "rgba(" + rgb.join(",") + "," + (0.15 + 0.65 * v).toFixed(3) + ")";
-            ctx.fillRect(c * cw, r * ch, cw + 0.5, ch + 0.5);
+            var x0 = Math.round(c * cw), y0 = Math.round(r * ch);  // exact edges: no seams, no gaps
+            ctx.fillStyle = "rgba(" + rgb.join(",") + "," + (0.1 + 0.6 * v).toFixed(3) + ")";
+            ctx.fillRect(x0, y0, Math.round((c + 1) * cw) - x0, Math.round((r + 1) * ch) - y0);
             var x = (c + 0.5) * W / gw, y = (r + 0.5) * H / gh;
             total += row[r * gw + c];
             if (ex.boxes.some(function (b) {
