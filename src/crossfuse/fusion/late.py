@@ -52,13 +52,16 @@ class LateFusion(FusionModel):
         checked = check_modality_inputs(self.modalities, inputs, masks)
         tokens, pooled, expert_logits, attention = {}, [], {}, {}
         for name in self.modalities:
-            h, weights = self.encoders[name](inputs[name], checked[name], return_attention=True)
+            if return_attention:
+                h, weights = self.encoders[name](inputs[name], checked[name], return_attention=True)
+                if weights is not None:
+                    attention[f"{name}->{name}"] = weights
+            else:
+                h = self.encoders[name](inputs[name], checked[name])
             tokens[name] = h
             feature = masked_mean(self.norms[name](h), checked[name])
             pooled.append(feature)
             expert_logits[name] = self.classifiers[name](feature)
-            if return_attention and weights is not None:
-                attention[f"{name}->{name}"] = weights
         stacked = torch.stack(list(expert_logits.values()))  # (M, B, C)
         if self.config.late_combine == "logits":
             logits = stacked.mean(dim=0)

@@ -1,0 +1,180 @@
+"""Benchmark the fusion strategies: training throughput and size vs sequence length, and the cost of co-attention.
+
+1. For every registered strategy and sequence length N (two modalities, N tokens each, D_m = 32,
+   FusionConfig(dim=64) defaults otherwise): parameter count and training throughput in samples/s
+   of one step = forward + cross-entropy + backward + AdamW step at batch 32.
+2. Bidirectional cross-attention: the two CrossAttention calls of a BidirectionalCrossAttentionBlock
+   (a_to_b and b_to_a) at (B, Na, Nb) = (8, 256, 1024), D = 512, H = 8, against ONE direction
+   (a_to_b alone), as a ratio of the fastest of several interleaved repeats in the same run; forward
+   (no grad) and forward + backward. Each direction is its own SDPA kernel, so the expected ratio
+   is ~2x (both directions compute Na x Nb scores).
+
+Prints markdown tables. Times are wall-clock on whatever device runs it; never asserted on.
+
+    .venv/bin/python benchmarks/fusion.py            # lengths 16, 64, 256, 1024
+    .venv/bin/python benchmarks/fusion.py --quick    # lengths 16, 64, 256, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from crossfuse.blocks import BidirectionalCrossAttentionBlock
+from crossfuse.fusion import FUSIONS, FusionConfig, ModalitySpec, build_fusion
+
+BATCH = 32
+FEATURES = 32
+NUM_CLASSES = 2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_throughput(
+    name: str, length: int, device: torch.device, min_time: float, min_steps: int
+) -> tuple[int, float | None]:
+    """(parameter count, samples/s) of AdamW training steps at batch `BATCH`; samples/s None if it fails."""
+    specs = {"a": ModalitySpec(FEATURES, length), "b": ModalitySpec(FEATURES, length)}
+    torch.manual_seed(0)
+    model = build_fusion(name, specs, NUM_CLASSES, FusionConfig(dim=64)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs = {k: torch.randn(BATCH, length, FEATURES, device=device) for k in specs}
+    y = torch.randint(0, NUM_CLASSES, (BATCH,), device=device)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(inputs).logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    try:
+        step()  # warm-up: allocations, kernel selection, AdamW state
+        sync(device)
+        per_step = []
+        start = time.perf_counter()
+        while len(per_step) < min_steps or time.perf_counter() - start < min_time:
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            per_step.append(time.perf_counter() - t0)
+    except (RuntimeError, MemoryError) as error:  # e.g. out of memory at the longest length
+        print(f"  {name} N={length}: failed ({str(error).splitlines()[0][:80]})")
+        return model.num_parameters, None
+    # fastest step (timeit's rule): other processes on the machine only ever add time
+    return model.num_parameters, BATCH / min(per_step)
+
+
+def mean_time(fn: Callable[[], None], device: torch.device, inner: int) -> float:
+    """Seconds per call, averaged over ``inner`` back-to-back calls."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / inner
+
+
+def bidirectional_cost(device: torch.device, repeats: int, inner: int) -> dict[str, dict[str, float]]:
+    """Median seconds of one direction and of both directions, forward and forward+backward."""
+    batch, na, nb, dim, heads = 8, 256, 1024, 512, 8
+    torch.manual_seed(0)
+    block = BidirectionalCrossAttentionBlock(dim, dim, heads).to(device)
+    a = torch.randn(batch, na, dim, device=device, requires_grad=True)
+    b = torch.randn(batch, nb, dim, device=device, requires_grad=True)
+
+    def one() -> torch.Tensor:
+        return block.a_to_b(a, b).sum()
+
+    def both() -> torch.Tensor:
+        return block.a_to_b(a, b).sum() + block.b_to_a(b, a).sum()
+
+    def forward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                fn()
+
+        return run
+
+    def backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            block.zero_grad(set_to_none=True)
+            fn().backward()
+
+        return run
+
+    results: dict[str, dict[str, float]] = {}
+    for mode, wrap in (("forward", forward), ("forward+backward", backward)):
+        runs = {"one direction (a->b)": wrap(one), "both directions": wrap(both)}
+        for fn in runs.values():
+            fn()  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):  # interleaved, so drifts in clock speed hit both alike
+            for label, fn in runs.items():
+                times[label].append(mean_time(fn, device, inner))
+        results[mode] = {label: min(t) for label, t in times.items()}  # fastest repeat, as for throughput
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="lengths 16, 64, 256 and fewer repeats")
+    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 16 64 256 1024)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the bidirectional-cost table")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    lengths = args.lengths or ([16, 64, 256] if args.quick else [16, 64, 256, 1024])
+    min_time, min_steps = (0.5, 2) if args.quick else (2.0, 3)
+    repeats, inner = (3, 1) if args.quick else (7, 2)
+    names = [n for n in ("flatten", "late", "early", "cross", "gated", "bicross") if n in FUSIONS]
+    names += sorted(set(FUSIONS) - set(names))
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"# crossfuse fusion benchmark: torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores, load average {load:.1f} at start"
+    )
+    if not args.skip_throughput:
+        rows = {name: {} for name in names}
+        for length in lengths:
+            for name in names:
+                rows[name][length] = training_throughput(name, length, device, min_time, min_steps)
+        print(
+            f"\n## Training throughput (samples/s; forward+backward+AdamW, batch {BATCH}), two modalities "
+            f"of N tokens, D_m={FEATURES}, dim=64, 2 fusion + 1 encoder layers\n"
+        )
+        print("| strategy | " + " | ".join(f"N={n} samples/s" for n in lengths) + " |")
+        print("|---|" + "---:|" * len(lengths))
+        for name in names:
+            cells = [f"{rows[name][n][1]:.0f}" if rows[name][n][1] is not None else "failed" for n in lengths]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("\n## Parameters\n")
+        print("| strategy | " + " | ".join(f"N={n}" for n in lengths) + " |")
+        print("|---|" + "---:|" * len(lengths))
+        for name in names:
+            print(f"| {name} | " + " | ".join(f"{rows[name][n][0]:,}" for n in lengths) + " |")
+
+    cost = bidirectional_cost(device, repeats, inner)
+    print(
+        "\n## Bidirectional cross-attention cost: a_to_b + b_to_a vs a_to_b alone, "
+        "(B, Na, Nb) = (8, 256, 1024), D=512, H=8 (target <= 2.0x)\n"
+    )
+    print("| pass | one direction (ms) | both directions (ms) | ratio |")
+    print("|---|---:|---:|---:|")
+    for mode, t in cost.items():
+        one, both = t["one direction (a->b)"], t["both directions"]
+        print(f"| {mode} | {one * 1e3:.1f} | {both * 1e3:.1f} | {both / one:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
