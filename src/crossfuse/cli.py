@@ -114,6 +114,356 @@ def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_lab)
 
 
+# ----------------------------------------------------------------------------- train / evaluate / predict / compare
+
+
+def _fusion_config(args: argparse.Namespace):
+    from crossfuse.fusion import FusionConfig
+
+    return FusionConfig(dim=args.dim, num_heads=args.heads, num_layers=args.layers)
+
+
+def _check_fusions(names: list[str], argument: str) -> None:
+    from crossfuse.fusion import FUSIONS
+
+    unknown = [n for n in names if n not in FUSIONS]
+    if unknown or not names:
+        raise UsageError(
+            f"{argument}: unknown fusion strategy {', '.join(map(repr, unknown))}; known: {', '.join(sorted(FUSIONS))}"
+        )
+
+
+def _load_training_data(path: str, task: str | None, split_seed: int):
+    """(data with user targets, task, 0/1/2 split, split description) for train and compare."""
+    from crossfuse.data.npz import load_npz, seeded_split
+
+    data, split = load_npz(path)
+    task = task or ("regression" if data.y.is_floating_point() else "classification")
+    data = _coerce_targets(data, task)
+    source = "file"
+    if split is None:
+        split, source = seeded_split(len(data), split_seed), f"seeded 70/15/15, split seed {split_seed}"
+    for value, name in ((0, "train"), (1, "val")):
+        if not (split == value).any():
+            raise ValueError(f"--data: the split has no {name} rows (value {value}); expected at least one")
+    return data, task, split, source
+
+
+def _coerce_targets(data, task: str, argument: str = "--task"):
+    """Integer-valued float labels become class ids for classification; labels become floats for regression."""
+    import torch
+
+    from crossfuse.data.dataset import MultimodalDataset
+
+    y = data.y
+    if task == "classification" and y.is_floating_point():
+        if y.dim() != 1 or not torch.equal(y, y.round()):
+            raise ValueError(
+                f"{argument}: classification needs integer labels 'y' of shape (N,), got {y.dtype} {tuple(y.shape)} "
+                "with fractional values"
+            )
+        y = y.long()
+    elif task == "regression" and not y.is_floating_point():
+        y = y.float()
+    return MultimodalDataset(data.inputs, y, data.masks)
+
+
+def _describe_data(path: str, data, split, source: str) -> str:
+    import numpy as np
+
+    shapes = ", ".join(f"{n} (T={x.shape[1]}, D={x.shape[2]})" for n, x in data.inputs.items())
+    counts = " / ".join(f"{name} {int(np.sum(split == v))}" for v, name in enumerate(("train", "val", "test")))
+    return f"data: {path}: {len(data)} samples; modalities {shapes}; split {counts} ({source})"
+
+
+def _metric_text(metrics: dict[str, float], prefix: str = "") -> str:
+    keys = [k for k in ("accuracy", "macro_f1", "r2", "mse") if f"{prefix}{k}" in metrics]
+    return "  ".join(f"{k} {metrics[prefix + k]:.4f}" for k in keys)
+
+
+def _encoded_parts(data, targets, split) -> dict:
+    from crossfuse.data.dataset import MultimodalDataset
+    from crossfuse.data.npz import split_dataset
+
+    return split_dataset(MultimodalDataset(data.inputs, targets.encode(data.y), data.masks), split)
+
+
+def _train_config(args: argparse.Namespace, task: str, seed: int, progress: bool):
+    from crossfuse.train import TrainConfig
+
+    return TrainConfig(
+        task=task,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=seed,
+        progress=progress,
+        balance=getattr(args, "balance", "none"),
+        balance_alpha=getattr(args, "balance_alpha", 0.5),
+        monitor_gradients=getattr(args, "monitor_gradients", False),
+        checkpoint_every_steps=getattr(args, "checkpoint_every", None),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one fusion strategy on a user .npz; write the run directory."""
+    import numpy as np
+    import torch
+
+    from crossfuse.fusion import ModalitySpec, build_fusion
+    from crossfuse.runs import TargetEncoding, model_spec, prepare_run_dir, read_run_config
+    from crossfuse.train import fit, seed_everything
+
+    _check_fusions([args.fusion], "--fusion")
+    data, task, split, source = _load_training_data(args.data, args.task, args.split_seed)
+    targets = TargetEncoding.fit(task, data.y, torch.from_numpy(np.flatnonzero(split == 0)))
+    parts = _encoded_parts(data, targets, split)
+    seed_everything(args.seed)
+    modalities = {n: ModalitySpec(dim=x.shape[2], length=x.shape[1]) for n, x in data.inputs.items()}
+    model = build_fusion(args.fusion, modalities, targets.num_outputs, _fusion_config(args))
+    config = _train_config(args, task, args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    resuming = prepare_run_dir(out, force=args.force, resume=args.resume)
+    if resuming:
+        stored = read_run_config(out)
+        if stored.get("model") != model_spec(model):
+            raise ValueError(
+                f"--resume: {out} holds a different model ({stored.get('model', {}).get('fusion')}); "
+                "pass the same --fusion/--dim/--heads/--layers and data as before"
+            )
+    print(_describe_data(args.data, data, split, source))
+    classes = f", {targets.num_outputs} classes {list(targets.classes)}" if task == "classification" else ""
+    print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {task}{classes}")
+    if resuming:
+        print(f"resuming {out}")
+    metadata = {
+        "targets": targets.to_json(),
+        "data": {"path": str(Path(args.data).resolve()), "split": source, "split_seed": args.split_seed},
+    }
+    result = fit(model, parts["train"], parts["val"], config, out_dir=out, resume=resuming, metadata=metadata)
+    final, best = result.final, result.best
+    print(f"final (epoch {final['epoch']}): val {_metric_text(final, 'val_')}  train_loss {final['train_loss']:.4f}")
+    print(f"best  (epoch {best['epoch']}): val {_metric_text(best, 'val_')}")
+    for message in result.messages:
+        print(f"warning: {message}")
+    print(f"run written to {out}/ (config.json, metrics.jsonl, best/, last/) in {result.wall_time_s:.1f} s")
+    return 0
+
+
+def _split_rows(run, data, split, which: str, path: str):
+    import numpy as np
+
+    from crossfuse.data.npz import SPLITS, seeded_split
+
+    if which == "all":
+        return np.arange(len(data))
+    if split is None:
+        split = seeded_split(len(data), int(run.config.get("metadata", {}).get("data", {}).get("split_seed", 0)))
+    rows = np.flatnonzero(split == SPLITS[which])
+    if not len(rows):
+        raise ValueError(f"--split: {path} has no {which} rows; pick another split or --split all")
+    return rows
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Metrics of a trained run on (a split of) its data or another .npz."""
+    import torch
+
+    from crossfuse.data.npz import load_npz
+    from crossfuse.runs import load_run
+    from crossfuse.train import classification_metrics, predict, regression_metrics
+
+    run = load_run(Path(args.run), args.checkpoint)
+    path = args.data or run.config.get("metadata", {}).get("data", {}).get("path")
+    if not path:
+        raise UsageError("--data: the run does not record its data file; pass --data")
+    data, split = load_npz(path)
+    run.check_data(data)
+    data = _coerce_targets(data, run.task, f"--data (the run's task is {run.task})")
+    rows = _split_rows(run, data, split, args.split, path)
+    subset = data.subset(torch.from_numpy(rows))
+    outputs = predict(run.model, subset)
+    if run.task == "classification":
+        metrics = classification_metrics(outputs, run.targets.encode(subset.y))
+    else:
+        values = run.targets.decode(outputs).float()
+        metrics = regression_metrics(values.reshape(len(rows), -1), subset.y.reshape(len(rows), -1))
+    print(f"{args.split} ({len(rows)} rows of {path}, {run.checkpoint.name} checkpoint): {_metric_text(metrics)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predictions of a trained run for every row of a .npz, written as CSV."""
+    import csv
+
+    from crossfuse.data.npz import load_npz
+    from crossfuse.runs import load_run
+    from crossfuse.train import predict
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"--out: {out} already exists; pass --force to overwrite it")
+    run = load_run(Path(args.run), args.checkpoint)
+    data, _ = load_npz(args.data, require_y=False)
+    run.check_data(data)
+    outputs = predict(run.model, data)
+    values = run.targets.decode(outputs)
+    if run.task == "classification":
+        header = ["row", "prediction"] + [f"prob_{c}" for c in run.targets.classes]
+        extra = outputs.softmax(-1).tolist()
+    else:
+        header = ["row"] + (
+            ["prediction"] if values.dim() == 1 else [f"prediction_{k}" for k in range(values.shape[1])]
+        )
+        extra = [[] for _ in range(len(values))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, (value, more) in enumerate(zip(values.tolist(), extra, strict=True)):
+            writer.writerow([i, *(value if isinstance(value, list) else [value]), *(f"{p:.6g}" for p in more)])
+    print(f"wrote {len(values)} predictions to {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train several strategies over several seeds on one .npz; print and save one table."""
+    import csv
+    import json
+    import time
+
+    import numpy as np
+    import torch
+
+    from crossfuse.fusion import ModalitySpec, build_fusion
+    from crossfuse.lab.common import mean_std
+    from crossfuse.runs import TargetEncoding
+    from crossfuse.train import evaluate, fit, seed_everything
+
+    names = [n.strip() for n in args.fusions.split(",") if n.strip()]
+    _check_fusions(names, "--fusions")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    out = Path(args.out)
+    if (out / "compare.csv").exists() and not args.force:
+        raise FileExistsError(f"--out: {out / 'compare.csv'} already exists; pass --force to overwrite it")
+    data, task, split, source = _load_training_data(args.data, args.task, args.split_seed)
+    targets = TargetEncoding.fit(task, data.y, torch.from_numpy(np.flatnonzero(split == 0)))
+    parts = _encoded_parts(data, targets, split)
+    print(_describe_data(args.data, data, split, source))
+    modalities = {n: ModalitySpec(dim=x.shape[2], length=x.shape[1]) for n, x in data.inputs.items()}
+    metric = "accuracy" if task == "classification" else "r2"
+    seeds = [args.seed + i for i in range(args.seeds)]
+    raw: dict[str, list[dict[str, float]]] = {}
+    for name in names:
+        for i, seed in enumerate(seeds):
+            seed_everything(seed)
+            model = build_fusion(name, modalities, targets.num_outputs, _fusion_config(args))
+            started = time.perf_counter()
+            result = fit(model, parts["train"], parts["val"], _train_config(args, task, seed, progress=False))
+            record = {"seed": seed, "parameters": model.num_parameters, "train_time_s": time.perf_counter() - started}
+            record.update({k: v for k, v in result.final.items() if k.startswith("val_") and k != "val_score"})
+            if "test" in parts:
+                test = evaluate(model, parts["test"], task)
+                record.update({f"test_{k}": v for k, v in test.items() if k != "score"})
+            raw.setdefault(name, []).append(record)
+            print(
+                f"{name} seed {i + 1}/{len(seeds)}: val {metric} {record[f'val_{metric}']:.4f} "
+                f"({record['train_time_s']:.1f} s)",
+                flush=True,
+            )
+    columns = [c for c in raw[names[0]][0] if c.startswith(("val_", "test_"))]
+    summary = []
+    for name in names:
+        records = raw[name]
+        entry: dict = {"fusion": name, "parameters": records[0]["parameters"]}
+        for c in [*columns, "train_time_s"]:
+            values = np.array([r[c] for r in records], dtype=float)
+            entry[c] = {"mean": float(values.mean()), "std": float(values.std())}  # ddof=0, as mean_std
+        summary.append(entry)
+    header = ["fusion", *columns, "parameters", "train_time_s"]
+    shown = [
+        [
+            e["fusion"],
+            *(mean_std([r[c] for r in raw[e["fusion"]]], digits=4) for c in columns),
+            f"{e['parameters']:,}",
+            f"{e['train_time_s']['mean']:.1f}",
+        ]
+        for e in summary
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=True)]
+    print(f"{task}, mean ± std over {len(seeds)} seed(s), final weights after {args.epochs} epochs:")
+    for line in [header, *shown]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    out.mkdir(parents=True, exist_ok=True)
+    stats = [*columns, "train_time_s"]
+    with open(out / "compare.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fusion", "parameters", *(f"{c}_{m}" for c in stats for m in ("mean", "std"))])
+        for e in summary:
+            writer.writerow([e["fusion"], e["parameters"], *(f"{e[c][m]:.6g}" for c in stats for m in ("mean", "std"))])
+    record = {"task": task, "data": str(args.data), "split": source, "seeds": seeds, "epochs": args.epochs}
+    (out / "compare.json").write_text(json.dumps({**record, "table": summary, "raw": raw}, indent=1))
+    print(f"table written to {out / 'compare.csv'} and {out / 'compare.json'}")
+    return 0
+
+
+def _add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help=".npz with one array per modality, y and optionally split")
+    parser.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        default=None,
+        help="default: classification for integer y, regression for float y",
+    )
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dim", type=int, default=64, help="model width")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--layers", type=int, default=2, help="fusion layers")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (model init and data order)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 split if the file has none")
+
+
+def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a fusion strategy on your own .npz data")
+    _add_data_and_model_args(train)
+    train.add_argument("--fusion", default="cross", help="strategy: early, late, flatten, cross, bicross, gated")
+    train.add_argument("--out", required=True, help="run directory (new, or with --force / --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--force", action="store_true", help="delete an existing run in --out first")
+    train.add_argument("--balance", choices=["none", "ogm-ge", "aux"], default="none")
+    train.add_argument("--balance-alpha", type=float, default=0.5)
+    train.add_argument("--monitor-gradients", action="store_true", help="record per-modality gradient norms")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a trained run")
+    evaluate.add_argument("--run", required=True, help="run directory written by `crossfuse train`")
+    evaluate.add_argument("--data", default=None, help=".npz (default: the training data)")
+    evaluate.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predictions of a trained run for new data, as CSV")
+    predict.add_argument("--run", required=True)
+    predict.add_argument("--data", required=True, help=".npz with the same modalities (y not needed)")
+    predict.add_argument("--out", required=True, help="CSV file to write")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    predict.add_argument("--force", action="store_true", help="overwrite --out")
+    predict.set_defaults(func=cmd_predict)
+
+    compare = sub.add_parser("compare", help="train several strategies over seeds; one table")
+    _add_data_and_model_args(compare)
+    compare.add_argument("--fusions", default="early,late,flatten,cross,bicross", help="comma-separated strategies")
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per strategy")
+    compare.add_argument("--out", default="runs/compare", help="directory for compare.csv and compare.json")
+    compare.add_argument("--force", action="store_true", help="overwrite an existing compare.csv")
+    compare.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="crossfuse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=cmd_attention_demo)
+    _add_train_parsers(sub)
     _add_lab_parser(sub)
     return parser
 

@@ -47,7 +47,7 @@ def prepare_run_dir(path: Path, force: bool = False, resume: bool = False) -> bo
     if force and resume:
         raise ValueError("--force and --resume: expected at most one of them, got both")
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"out: {path} exists and is not a directory")
+        raise FileExistsError(f"--out: {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()):
         is_run = any((path / marker).exists() for marker in RUN_MARKERS)
         if resume:

@@ -462,7 +462,7 @@ class _Progress:
         shown = {k: v for k, v in record.items() if k in ("train_loss",) or k.startswith("val_")}
         shown.pop("val_score", None)
         text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        print(f"epoch {record['epoch']}/{self.epochs}  {text}", file=sys.stderr, flush=True)
+        print(f"epoch {record['epoch']}/{self.epochs}  {text}", flush=True)
 
 
 def fit(
