@@ -457,6 +457,7 @@ class _Progress:
     def end(self, record: dict[str, Any]) -> None:
         if self.bar is None:
             return
+        self.bar.refresh()  # show the epoch's last loss even when the steps were faster than tqdm's interval
         self.bar.close()
         self.bar = None
         shown = {k: v for k, v in record.items() if k in ("train_loss",) or k.startswith("val_")}
