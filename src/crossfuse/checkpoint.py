@@ -209,7 +209,11 @@ def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> Path
     found = resolve_checkpoint(Path(directory))
     if found is None:
         raise FileNotFoundError(f"checkpoint: no {MODEL_FILE} in {directory}")
-    missing, unexpected = load_model(model, str(found / MODEL_FILE), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(found / MODEL_FILE), strict=False)
+    except RuntimeError as error:  # shape mismatches
+        detail = " ".join(str(error).split())
+        raise ValueError(f"checkpoint: {found / MODEL_FILE} does not fit the model: {detail}") from None
     if strict and (missing or unexpected):
         raise ValueError(
             f"checkpoint: {found / MODEL_FILE} does not fit the model: missing {sorted(missing)[:5]}, "
