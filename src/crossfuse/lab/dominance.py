@@ -14,9 +14,10 @@ self-attention block per modality, one cross-attention layer; ``easy`` queries `
 the hard stream's logit contribution comes from its encoder alone, the unimodal score OGM-GE's
 ratio assumes), `crossfuse.train.fit` with AdamW (lr 2e-3, batch 64) and the same initial
 weights per seed. Methods (``TrainConfig.balance``): ``none``; ``ogm-ge`` (Peng et al., 2022,
-alpha 0.5); ``aux`` (unimodal auxiliary losses, weight 0.5). `fit` optimises with AdamW, whose
-per-parameter normalisation partly undoes a slowly varying gradient scale; OGM-GE was proposed
-with SGD.
+alpha 0.5); ``aux`` (unimodal auxiliary losses, weight 0.5); and the ablation ``ogm-no-ge``
+(OGM's modulation without the GE noise) to separate the two parts of OGM-GE. `fit` optimises
+with AdamW, whose per-parameter normalisation partly undoes a slowly varying gradient scale;
+OGM-GE was proposed with SGD.
 
 Measured per method and seed: per-step gradient norm of each modality's encoder (before any
 rebalancing, `GradientNormMonitor`), linear-probe accuracy of each frozen encoder (masked-mean
@@ -37,13 +38,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossfuse.balance import OGMGE, GradientNormMonitor
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.dominance import DominanceConfig, DominanceSplit, dominance_splits
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
 from crossfuse.lab.result import Result, Table
 from crossfuse.models.encoders import masked_mean
-from crossfuse.train import TrainConfig, fit, predict
+from crossfuse.train import FitResult, TrainConfig, fit, predict
 
 CLAIM = (
     "When one modality predicts the label quickly, cross-attention fusion trained jointly starves the other "
@@ -63,7 +65,8 @@ CRITERION = (
     "no rebalancing."
 )
 
-METHODS = ("none", "ogm-ge", "aux")
+METHODS = ("none", "ogm-ge", "aux", "ogm-no-ge")
+"""``TrainConfig.balance`` values, plus the ablation "ogm-no-ge": OGM's modulation without the GE noise."""
 EASY, HARD = "easy", "hard"
 ALPHA = 0.5
 
@@ -174,6 +177,17 @@ def _curve(records: list[dict[str, float]], key: str) -> np.ndarray:
     return np.array([r.get(key, np.nan) for r in records], dtype=float)
 
 
+def _ogm_k(runs: list[dict[str, Any]]) -> str:
+    """Mean OGM coefficient of the easy encoder over steps, mean ± std over seeds ("-" without OGM)."""
+    values = [r["mean_ogm_coeff"][EASY] for r in runs]
+    return "-" if any(v is None for v in values) else mean_std(values)
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    """Mean of the recorded values; None when nothing was recorded (e.g. no OGM coefficient)."""
+    return None if np.isnan(values).all() else float(np.nanmean(values))
+
+
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     window = max(1, min(window, len(values)))
     return np.convolve(values, np.ones(window) / window, mode="valid")
@@ -204,16 +218,7 @@ def run(
         for method in METHODS:
             say(f"training cross ({method}), seed {index}/{len(seeds)}")
             model = build_model(train.data, data_config.num_classes, s)
-            config = TrainConfig(
-                epochs=plan.epochs,
-                batch_size=64,
-                lr=2e-3,
-                seed=s,
-                balance=method,
-                balance_alpha=ALPHA,
-                monitor_gradients=True,
-            )
-            fitted = fit(model, train.data, None, config)
+            fitted = _train(model, train.data, method, plan.epochs, s)
             say(f"evaluating cross ({method}), seed {index}/{len(seeds)}")
             records = fitted.step_records
             runs[method].append(
@@ -223,10 +228,27 @@ def run(
                     "probe": probe(model, train.data, test.data),
                     "grad_norm": {m: _curve(records, f"grad_norm/{m}").tolist() for m in (EASY, HARD)},
                     "hard_share": _curve(records, f"grad_share/{HARD}").tolist(),
+                    "mean_ogm_coeff": {m: _mean_or_none(_curve(records, f"ogm_coeff/{m}")) for m in (EASY, HARD)},
                     "messages": fitted.messages,
                 }
             )
     return _result(size, seeds, plan, runs, init_probes, time.perf_counter() - started)
+
+
+def _train(model: FusionModel, data: MultimodalDataset, method: str, epochs: int, seed: int) -> FitResult:
+    """`fit` with the method's hooks; the monitor always runs first, on the task loss's gradient."""
+    ablation = method == "ogm-no-ge"
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=64,
+        lr=2e-3,
+        seed=seed,
+        balance="none" if ablation else method,
+        balance_alpha=ALPHA,
+        monitor_gradients=not ablation,
+    )
+    hooks = [GradientNormMonitor(model), OGMGE(model, alpha=ALPHA, seed=seed, noise=False)] if ablation else []
+    return fit(model, data, None, config, hooks=hooks)
 
 
 def _mean_curve(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], list[float]]) -> np.ndarray:
@@ -278,13 +300,14 @@ def _result(
         ),
         Table(
             "Hard modality's share of the encoder gradient norm (seed-mean curve)",
-            ["method", f"min of {SHARE_WINDOW}-step average", "first epoch", "last epoch"],
+            ["method", f"min of {SHARE_WINDOW}-step average", "first epoch", "last epoch", "mean OGM k of easy"],
             [
                 [
                     m,
                     f"{min_share[m]:.3f}",
                     f"{np.nanmean(share[m][:steps_per_epoch]):.3f}",
                     f"{np.nanmean(share[m][-steps_per_epoch:]):.3f}",
+                    _ogm_k(runs[m]),
                 ]
                 for m in METHODS
             ],
@@ -336,7 +359,7 @@ def _result(
 def _gradient_figure(runs: dict[str, list[dict[str, Any]]], smoothed: dict[str, np.ndarray]) -> bytes:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(METHODS), figsize=(4.2 * len(METHODS), 6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(METHODS), figsize=(3.6 * len(METHODS), 6), sharex=True, squeeze=False)
     colours = {EASY: "#d62728", HARD: "#1f77b4"}
     for col, method in enumerate(METHODS):
         top, bottom = axes[0, col], axes[1, col]
@@ -358,16 +381,21 @@ def _gradient_figure(runs: dict[str, list[dict[str, Any]]], smoothed: dict[str, 
     return figure_png(fig)
 
 
+COLOURS = {"untrained": "#999999", "none": "#1f77b4", "ogm-ge": "#ff7f0e", "aux": "#2ca02c", "ogm-no-ge": "#9467bd"}
+
+
 def _grouped_bars(ax: Any, groups: list[str], series: dict[str, list[list[float]]]) -> None:
     width = 0.8 / len(series)
     x = np.arange(len(groups))
     for i, (label, per_group) in enumerate(series.items()):
         means = [float(np.mean(v)) for v in per_group]
         stds = [float(np.std(v)) for v in per_group]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=label)
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=label, color=COLOURS.get(label))
+    ax.axhline(1 / DominanceConfig().num_classes, color="black", ls=":", lw=0.8)
     ax.set_xticks(x, groups)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series), frameon=False)
 
 
 def _probe_figure(runs: dict[str, list[dict[str, Any]]], init_probes: list[dict[str, float]]) -> bytes:
