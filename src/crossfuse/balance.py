@@ -72,7 +72,7 @@ def modality_grad_norms(model: nn.Module, names: list[str] | None = None) -> dic
 def contribution_scores(modality_logits: dict[str, Tensor], y: Tensor) -> dict[str, float]:
     """Mean softmax probability each modality's own contribution gives the true class (OGM-GE's s_m).
 
-    Peng et al. (2022), Eq. 9 sum ``softmax(W_m h_m + b / M)_y`` over the batch; the mean gives
+    Peng et al. (2022) sum ``softmax(W_m h_m + b / M)_y`` over the batch; the mean gives
     the same ratios and reads as a confidence in [0, 1].
     Shapes: modality_logits: {name: (B, C)}  y: (B,) long  ->  {name: float}
     """
@@ -92,9 +92,9 @@ def ogm_coefficients(scores: dict[str, float], alpha: float) -> tuple[dict[str, 
     """OGM-GE modulation coefficients ``k_m = 1 - tanh(alpha * relu(rho_m - 1))`` and ratios ``rho_m``.
 
     ``rho_m = s_m / mean_{j != m} s_j`` (for two modalities Peng et al.'s ``s_a / s_v``), so only a
-    modality that contributes more than the others (rho > 1) is slowed down, smoothly: the paper's
-    Eq. 10 writes ``1 - tanh(alpha * rho)`` for rho > 1, which jumps at rho = 1; the shifted form
-    used here is continuous and equals 1 for balanced modalities.
+    modality that contributes more than the others (rho > 1) is slowed down, smoothly: the paper
+    and the authors' code use ``1 - tanh(alpha * rho)`` for rho > 1, which jumps at rho = 1; the
+    shifted form used here is continuous and equals 1 for balanced modalities.
     Shapes: {name: float} -> ({name: k}, {name: rho})
     """
     if len(scores) < 2:
