@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -42,7 +43,7 @@ from crossfuse.attention import CrossAttention
 
 MODEL_DIM, HEADS, HEAD_DIM = 512, 8, 64
 SHAPES = [(32, 8, 32, 196, 64), (8, 8, 256, 1024, 64), (1, 8, 4096, 4096, 64)]  # (B, H, Nq, Nk, dh)
-REPEATS = {"full": (20, 10, 5), "quick": (5, 3, 1)}  # per shape, after one warm-up call of each
+REPEATS = {"full": (20, 10, 5), "quick": (5, 3, 2)}  # per shape, after one warm-up call of each
 MEMORY_LENGTHS = (4096, 8192, 16384)
 TARGET_RATIO = 1.05
 IMPLS = ("CrossAttention", "MHA", "naive")
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# crossfuse attention benchmark ({size})")
     print(
         f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads, "
-        f"D = H * dh = {MODEL_DIM}, float32, median of {REPEATS[size]} repeats per shape\n"
+        f"D = H * dh = {MODEL_DIM}, float32, median of {REPEATS[size]} repeats per shape, "
+        f"load average at start {os.getloadavg()[0]:.1f}\n"
     )
     speed_table(device, size)
     print(f"\nPeak memory of one forward, B=1, H={HEADS}, dh={HEAD_DIM}, each in a fresh subprocess:\n")

@@ -332,6 +332,31 @@ def test_sdpa_path_equals_return_attention_path(case: Case, causal: bool) -> Non
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "expected_mask", "is_causal"),
+    [
+        ({}, None, False),
+        ({"causal": True}, None, True),  # square causal: SDPA's flag, no (Nq, Nk) mask
+        ({"context_mask": torch.ones(2, 6, dtype=torch.bool)}, (2, 1, 1, 6), False),  # one row per batch
+    ],
+    ids=["no_mask", "causal", "padding"],
+)
+def test_sdpa_path_builds_no_query_by_key_mask(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict, expected_mask: tuple | None, is_causal: bool
+) -> None:
+    """Memory stays linear in Nq (the benchmark measures it): only padding masks of size (B, 1, 1, Nk) reach SDPA."""
+    seen: list[tuple[tuple | None, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, **rest: object) -> Tensor:
+        seen.append((None if attn_mask is None else tuple(attn_mask.shape), bool(rest.get("is_causal"))))
+        return sdpa(q, k, v, attn_mask=attn_mask, **rest)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    CrossAttention(8, 8, 2)(torch.randn(2, 6, 8), **kwargs)
+    assert seen == [(expected_mask, is_causal)]
+
+
 # ----------------------------------------------------------------------------------------------
 # causal masking
 # ----------------------------------------------------------------------------------------------
