@@ -12,6 +12,15 @@ from crossfuse.lab import dominance as experiment
 from crossfuse.lab import load_experiment
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_smoke_run_returns_a_complete_inconclusive_result():
     stages: list[str] = []
     result = load_experiment("dominance").run(size="smoke", seed=4, progress=stages.append)
