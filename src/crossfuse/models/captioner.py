@@ -1,0 +1,245 @@
+"""Image-to-report captioner: a patch encoder and a decoder of cross-attention blocks.
+
+The encoder turns an image into patch features (the *memory*); each decoder layer is a
+`CrossAttentionBlock`: causal self-attention over the tokens so far, cross-attention into the
+memory, MLP (the encoder-decoder transformer of Vaswani et al., 2017; image captioning with
+attention over regions: Xu et al., 2015). ``memory="pooled"`` replaces the patch features by
+their mean, a memory of length 1: the decoder then sees one vector per image (the bottleneck
+of the gradient-highway experiment).
+
+Training is teacher forcing (`CaptionObjective`): the decoder reads ``[BOS, w1, ..., wn]`` and
+predicts ``[w1, ..., wn, EOS]``. Generation lives in `crossfuse.models.decoding`.
+Checkpoints are a directory with ``config.json`` and ``model.safetensors`` (no pickle).
+
+Shapes:
+    images: (B, C, H, W)  tokens: (B, T) long  ->  logits: (B, T, V)
+    encode(images) -> memory: (B, M, D), M = number of patches (or 1 when pooled)
+    decode(tokens, memory, cache) -> logits (B, T, V) and, on request, cross-attention
+    weights per decoder layer: [(B, H, T, M)] * L
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from crossfuse.attention import KVCache
+from crossfuse.blocks import CrossAttentionBlock
+from crossfuse.data.radiographs import Vocabulary
+from crossfuse.models.patch_encoder import PatchEncoder
+from crossfuse.validation import check_tensor
+
+CHECKPOINT_FORMAT = "crossfuse-captioner/1"
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    """Sizes of the captioner; defaults fit 64x64 films and ~30-token reports on a CPU."""
+
+    vocab_size: int
+    image_size: int = 64
+    patch_size: int = 8
+    in_channels: int = 1
+    dim: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    max_len: int = 48
+    memory: str = "patches"  # "patches" (cross-attention into every patch) | "pooled" (one mean vector)
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        if self.memory not in ("patches", "pooled"):
+            raise ValueError(f"memory: expected 'patches' or 'pooled', got {self.memory!r}")
+        if self.vocab_size <= max(self.pad_id, self.bos_id, self.eos_id):
+            raise ValueError(f"vocab_size: expected > special token ids, got {self.vocab_size}")
+
+
+@dataclass
+class DecoderCache:
+    """Per decoder layer: a growing self-attention cache and a static cache of the projected memory.
+
+    Shapes: every KVCache holds (B, H, n, d_head); ``length`` = tokens decoded so far.
+    """
+
+    layers: list[tuple[KVCache, KVCache]]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].length
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search). Shapes: index: (B',) long."""
+        for self_cache, cross_cache in self.layers:
+            self_cache.reorder(index)
+            cross_cache.reorder(index)
+
+
+class Captioner(nn.Module):
+    """Patch encoder + cross-attention decoder + linear head over the vocabulary.
+
+    Shapes: forward(images: (B, C, H, W), tokens: (B, T) long) -> logits (B, T, V).
+    """
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.encoder = PatchEncoder(
+            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.num_heads, c.mlp_ratio, c.dropout
+        )
+        self.token_embed = nn.Embedding(c.vocab_size, c.dim)
+        self.pos_embed = nn.Embedding(c.max_len, c.dim)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            CrossAttentionBlock(c.dim, c.dim, c.num_heads, c.mlp_ratio, c.dropout) for _ in range(c.decoder_layers)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.vocab_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (gh, gw) the cross-attention weights live on."""
+        return self.encoder.grid
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images -> memory. Shapes: (B, C, H, W) -> (B, N, D), or (B, 1, D) when pooled."""
+        patches = self.encoder(images)
+        return patches.mean(dim=1, keepdim=True) if self.config.memory == "pooled" else patches
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache([(KVCache(), KVCache(static=True)) for _ in self.blocks])
+
+    def decode(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        cache: DecoderCache | None = None,
+        return_attention: bool = False,
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """Logits for every position of ``tokens``, which continue the ``cache`` (if any).
+
+        With a cache, ``tokens`` are the newest positions only (usually one); the memory is
+        projected into keys/values on the first call and reused afterwards.
+
+        Shapes: tokens: (B, T)  memory: (B, M, D)  ->  logits: (B, T, V),
+        attention: [(B, H, T, M)] per layer, or None.
+        """
+        start = 0 if cache is None else cache.length
+        if start + tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"tokens: positions up to {start + tokens.shape[1]} exceed max_len={self.config.max_len}")
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = self.token_embed(tokens) + self.pos_embed(positions)
+        attention = [] if return_attention else None
+        for i, block in enumerate(self.blocks):
+            self_cache, cross_cache = (None, None) if cache is None else cache.layers[i]
+            out = block(
+                x,
+                memory,
+                causal=True,
+                self_cache=self_cache,
+                cross_cache=cross_cache,
+                return_attention=return_attention,
+            )
+            if return_attention:
+                x, weights = out
+                attention.append(weights)
+            else:
+                x = out
+        return self.head(self.norm(x)), attention
+
+    def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
+        self.check_inputs(images, tokens)
+        logits, _ = self.decode(tokens, self.encode(images))
+        return logits
+
+    def check_inputs(self, images: Tensor, tokens: Tensor | None = None) -> None:
+        """Validate user-facing inputs once, at the boundary."""
+        self.encoder.check_images(images)
+        if tokens is None:
+            return
+        check_tensor("tokens", tokens, (images.shape[0], None), dtype=torch.long)
+        if tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"tokens: expected length <= max_len={self.config.max_len}, got {tokens.shape[1]}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"tokens: expected ids in [0, {self.config.vocab_size}), got [{tokens.min()}, {tokens.max()}]"
+            )
+
+
+@dataclass
+class CaptionObjective:
+    """Teacher-forced cross-entropy on ``{"image": (B, C, H, W), "tokens": (B, T)}`` batches.
+
+    The decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``; PAD targets are ignored.
+    ``evaluate`` reports the loss and the token accuracy (``score``) on a loader.
+    """
+
+    pad_id: int = 0
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        tokens = batch["tokens"]
+        logits = model(batch["image"], tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=self.pad_id)
+        return loss, logits
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, correct, count = 0.0, 0, 0
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, logits = self.loss(model, batch)
+            target = batch["tokens"][:, 1:]
+            valid = target != self.pad_id
+            n = int(valid.sum())
+            total += loss.item() * n
+            correct += int(((logits.argmax(-1) == target) & valid).sum())
+            count += n
+        model.train(was_training)
+        accuracy = correct / max(count, 1)
+        return {"loss": total / max(count, 1), "token_accuracy": accuracy, "score": accuracy}
+
+
+def save_captioner(directory: Path, model: Captioner, vocab: Vocabulary) -> Path:
+    """Write ``config.json`` (model config + vocabulary) and ``model.safetensors`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "vocab": vocab.tokens}
+    (directory / "config.json").write_text(json.dumps(record, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    return directory
+
+
+def load_captioner(directory: Path, device: str = "cpu") -> tuple[Captioner, Vocabulary]:
+    """Read a directory written by `save_captioner`; the model comes back in eval mode."""
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(
+            f"run: no captioner in {str(directory)!r} (expected config.json and model.safetensors; "
+            f"create one with `crossfuse caption-train --out {directory}`)"
+        )
+    try:
+        record = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"run: {str(config_path)!r} is not valid JSON ({error})") from None
+    if record.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"run: expected format {CHECKPOINT_FORMAT!r} in {config_path}, got {record.get('format')!r}")
+    model = Captioner(CaptionerConfig(**record["config"]))
+    model.load_state_dict(load_file(str(weights_path), device=device))
+    return model.to(device).eval(), Vocabulary(record["vocab"])

@@ -1,0 +1,72 @@
+"""ViT-style patch encoder: images become a sequence of patch features (Dosovitskiy et al., 2021).
+
+A strided convolution cuts the image into ``P x P`` patches and embeds each one, a learned
+positional embedding marks where each patch sits, and pre-norm `SelfAttentionBlock`s let the
+patches look at each other. Patches are numbered row by row, so feature ``n`` belongs to grid cell
+``(n // gw, n % gw)``.
+
+Shapes: images: (B, C, H, W)  ->  patches: (B, N, D) with N = (H / P) * (W / P).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from crossfuse.blocks import SelfAttentionBlock
+from crossfuse.validation import check_tensor
+
+
+class PatchEncoder(nn.Module):
+    """Patch embedding + positional embedding + self-attention blocks + final LayerNorm.
+
+    Args:
+        image_size: side of the square input image in pixels.
+        patch_size: side of a square patch; must divide ``image_size``.
+        in_channels: image channels C (1 for grayscale films).
+        dim: feature size D of each patch.
+        depth: number of `SelfAttentionBlock`s.
+        num_heads, mlp_ratio, dropout: as in `SelfAttentionBlock`.
+
+    Shapes: images: (B, C, H, W)  ->  (B, N, D).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        patch_size: int = 8,
+        in_channels: int = 1,
+        dim: int = 64,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def check_images(self, images: Tensor) -> None:
+        """Validate a user-facing batch of images (raises ValueError naming ``images``)."""
+        check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def layers(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per encoder layer, input to output: ``embed`` (patch + position), ``block 1``, ..."""
+        groups = {"embed": [*self.patch_embed.parameters(), self.pos_embed]}
+        for i, block in enumerate(self.blocks, start=1):
+            groups[f"block {i}"] = list(block.parameters())
+        return groups
