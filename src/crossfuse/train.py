@@ -466,6 +466,47 @@ class _Progress:
         print(f"epoch {record['epoch']}/{self.epochs}  {text}", flush=True)
 
 
+def _restore(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    world: _Distributed,
+    result: FitResult,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Load the ``last`` checkpoint in ``directory`` into model, optimizer, scheduler and RNGs.
+
+    Refills ``result`` from metrics.jsonl, cut back to the checkpoint (records written after it by
+    the interrupted run are dropped). Returns the checkpoint's JSON state and tensors.
+    """
+    state, tensors = ckpt.load_training_state(directory)
+    saved = state["train_config"]
+    changed = [k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"resume: the run in {directory.parent} was trained with a different config: "
+            + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+        )
+    ckpt.load_weights(directory, model)
+    optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    records = _read_metrics(directory.parent / METRICS_FILE, state["metrics_size"], cut=world.main)
+    world.barrier()  # rank 0 has cut the file before anyone goes on
+    for record in records:
+        kind = record.pop("kind", None)
+        record.pop("time_s", None)
+        if kind == "epoch":
+            result.history.append(record)
+            if _is_better(record, result.best):
+                result.best = dict(record)
+        elif kind == "step":
+            result.step_records.append(record)
+    own = tensors.get(f"rng.torch.rank{world.rank}")  # DDP: every rank's own torch RNG
+    ckpt.restore_rng({**tensors, "rng.torch": tensors["rng.torch"] if own is None else own}, state["rng"])
+    return state, tensors
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -525,48 +566,20 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
 
     result = FitResult()
-    epoch, batch_start, step, elapsed = 0, 0, 0, 0.0
+    epoch, batch_start, step, metrics_size, elapsed = 0, 0, 0, 0, 0.0  # where training stands
     epoch_losses: list[float] = []
-    metrics_size = 0
-    resumed = None
-    if resume:
-        resumed = ckpt.resolve_checkpoint(out / LAST)
+    state: dict[str, Any] = {}
+    tensors: dict[str, Tensor] = {}
+    resumed = ckpt.resolve_checkpoint(out / LAST) if resume else None
     if resumed is not None:
-        state, tensors = ckpt.load_training_state(resumed)
-        saved = state["train_config"]
-        changed = [k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-        if changed:
-            raise ValueError(
-                f"resume: the run in {out} was trained with a different config: "
-                + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
-            )
-        ckpt.load_weights(resumed, model)
-        optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, state["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
+        state, tensors = _restore(resumed, model, optimizer, scheduler, config, world, result)
         epoch, batch_start, step = state["epoch"], state["batch"], state["step"]
-        epoch_losses, elapsed, metrics_size = list(state["epoch_losses"]), state["elapsed_s"], state["metrics_size"]
-        records = _read_metrics(out / METRICS_FILE, metrics_size, cut=world.main)
-        world.barrier()  # rank 0 cuts the records written after the checkpoint before anyone appends
-        for record in records:
-            kind = record.pop("kind", None)
-            record.pop("time_s", None)
-            if kind == "epoch":
-                result.history.append(record)
-                if _is_better(record, result.best):
-                    result.best = dict(record)
-            elif kind == "step":
-                result.step_records.append(record)
-        rng_state = {**tensors}
-        own = tensors.get(f"rng.torch.rank{world.rank}")
-        if own is not None:
-            rng_state["rng.torch"] = own
-        ckpt.restore_rng(rng_state, state["rng"])
+        metrics_size, elapsed, epoch_losses = state["metrics_size"], state["elapsed_s"], list(state["epoch_losses"])
     train_model: nn.Module = model
     if world.world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     hooks = hooks + _build_hooks(train_model, config)
-    if resumed is not None:
-        _load_hook_state(hooks, state.get("hooks", []), tensors)
+    _load_hook_state(hooks, state.get("hooks", []), tensors)
 
     metrics = None
     if out is not None and world.main:
@@ -591,7 +604,7 @@ def _fit(
             return
         opt_tensors, opt_rest = ckpt.flatten_optimizer_state(optimizer.state_dict())
         hook_states, hook_tensors = _hook_state(hooks)
-        state = {
+        snapshot = {
             "epoch": next_epoch,
             "batch": next_batch,
             "step": step,
@@ -605,7 +618,7 @@ def _fit(
             "hooks": hook_states,
             "world_size": world.world_size,
         }
-        ckpt.save_checkpoint(out / LAST, model, state, {**opt_tensors, **rng_tensors, **hook_tensors})
+        ckpt.save_checkpoint(out / LAST, model, snapshot, {**opt_tensors, **rng_tensors, **hook_tensors})
 
     progress = _Progress(config.progress and world.main, config.epochs)
     try:
