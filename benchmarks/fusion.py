@@ -9,10 +9,13 @@
    (no grad) and forward + backward. Each direction is its own SDPA kernel, so the expected ratio
    is ~2x (both directions compute Na x Nb scores).
 
-Prints markdown tables. Times are wall-clock on whatever device runs it; never asserted on.
+Prints markdown tables. Times are wall-clock on whatever device runs it, or with ``--clock cpu`` the CPU
+time of a single thread (use that on a busy shared machine: other processes then barely change it); never
+asserted on.
 
     .venv/bin/python benchmarks/fusion.py            # lengths 16, 64, 256, 1024
     .venv/bin/python benchmarks/fusion.py --quick    # lengths 16, 64, 256, fewer repeats
+    .venv/bin/python benchmarks/fusion.py --clock cpu  # one thread, CPU time
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def sync(device: torch.device) -> None:
 
 
 def training_throughput(
-    name: str, length: int, device: torch.device, min_time: float, min_steps: int
+    name: str, length: int, device: torch.device, min_time: float, min_steps: int, clock: Callable[[], float]
 ) -> tuple[int, float | None]:
     """(parameter count, samples/s) of AdamW training steps at batch `BATCH`; samples/s None if it fails."""
     specs = {"a": ModalitySpec(FEATURES, length), "b": ModalitySpec(FEATURES, length)}
@@ -60,12 +63,12 @@ def training_throughput(
         step()  # warm-up: allocations, kernel selection, AdamW state
         sync(device)
         per_step = []
-        start = time.perf_counter()
-        while len(per_step) < min_steps or time.perf_counter() - start < min_time:
-            t0 = time.perf_counter()
+        start = clock()
+        while len(per_step) < min_steps or clock() - start < min_time:
+            t0 = clock()
             step()
             sync(device)
-            per_step.append(time.perf_counter() - t0)
+            per_step.append(clock() - t0)
     except (RuntimeError, MemoryError) as error:  # e.g. out of memory at the longest length
         print(f"  {name} N={length}: failed ({str(error).splitlines()[0][:80]})")
         return model.num_parameters, None
@@ -73,17 +76,19 @@ def training_throughput(
     return model.num_parameters, BATCH / min(per_step)
 
 
-def mean_time(fn: Callable[[], None], device: torch.device, inner: int) -> float:
+def mean_time(fn: Callable[[], None], device: torch.device, inner: int, clock: Callable[[], float]) -> float:
     """Seconds per call, averaged over ``inner`` back-to-back calls."""
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(inner):
         fn()
     sync(device)
-    return (time.perf_counter() - start) / inner
+    return (clock() - start) / inner
 
 
-def bidirectional_cost(device: torch.device, repeats: int, inner: int) -> dict[str, dict[str, float]]:
+def bidirectional_cost(
+    device: torch.device, repeats: int, inner: int, clock: Callable[[], float]
+) -> dict[str, dict[str, float]]:
     """Median seconds of one direction and of both directions, forward and forward+backward."""
     batch, na, nb, dim, heads = 8, 256, 1024, 512, 8
     torch.manual_seed(0)
@@ -119,7 +124,7 @@ def bidirectional_cost(device: torch.device, repeats: int, inner: int) -> dict[s
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(repeats):  # interleaved, so drifts in clock speed hit both alike
             for label, fn in runs.items():
-                times[label].append(mean_time(fn, device, inner))
+                times[label].append(mean_time(fn, device, inner, clock))
         results[mode] = {label: min(t) for label, t in times.items()}  # fastest repeat, as for throughput
     return results
 
@@ -130,8 +135,20 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 16 64 256 1024)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--skip-throughput", action="store_true", help="only the bidirectional-cost table")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: wall-clock time, default threads; cpu: one thread, timed by its CPU time (stable on a busy "
+        "shared machine; then samples/s means per CPU-second of one core)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.clock == "cpu":
+        if device.type != "cpu":
+            parser.error(f"--clock: cpu time only measures --device cpu, got --device {args.device}")
+        torch.set_num_threads(1)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     lengths = args.lengths or ([16, 64, 256] if args.quick else [16, 64, 256, 1024])
     min_time, min_steps = (0.5, 2) if args.quick else (2.0, 3)
     repeats, inner = (3, 1) if args.quick else (7, 2)
@@ -142,13 +159,13 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"# crossfuse fusion benchmark: torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} cores, load average {load:.1f} at start"
+        f"{os.cpu_count()} cores, load average {load:.1f} at start, clock: {args.clock}"
     )
     if not args.skip_throughput:
         rows = {name: {} for name in names}
         for length in lengths:
             for name in names:
-                rows[name][length] = training_throughput(name, length, device, min_time, min_steps)
+                rows[name][length] = training_throughput(name, length, device, min_time, min_steps, clock)
         print(
             f"\n## Training throughput (samples/s; forward+backward+AdamW, batch {BATCH}), two modalities "
             f"of N tokens, D_m={FEATURES}, dim=64, 2 fusion + 1 encoder layers\n"
@@ -164,7 +181,7 @@ def main() -> None:
         for name in names:
             print(f"| {name} | " + " | ".join(f"{rows[name][n][0]:,}" for n in lengths) + " |")
 
-    cost = bidirectional_cost(device, repeats, inner)
+    cost = bidirectional_cost(device, repeats, inner, clock)
     print(
         "\n## Bidirectional cross-attention cost: a_to_b + b_to_a vs a_to_b alone, "
         "(B, Na, Nb) = (8, 256, 1024), D=512, H=8 (target <= 2.0x)\n"
