@@ -43,7 +43,10 @@ from crossfuse.attention import CrossAttention
 
 MODEL_DIM, HEADS, HEAD_DIM = 512, 8, 64
 SHAPES = [(32, 8, 32, 196, 64), (8, 8, 256, 1024, 64), (1, 8, 4096, 4096, 64)]  # (B, H, Nq, Nk, dh)
-REPEATS = {"full": (20, 10, 5), "quick": (5, 3, 2)}  # per shape, after one warm-up call of each
+REPEATS = {
+    "full": (21, 12, 6),
+    "quick": (6, 3, 3),
+}  # per shape (multiples of 3: each order equally often), after a warm-up
 MEMORY_LENGTHS = (4096, 8192, 16384)
 TARGET_RATIO = 1.05
 IMPLS = ("CrossAttention", "MHA", "naive")
@@ -84,10 +87,16 @@ def calls(attn: CrossAttention, mha: nn.MultiheadAttention) -> dict[str, Callabl
 
 
 def round_robin(fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per call of each function; one warm-up call each, then ``repeats`` interleaved rounds."""
+    """Median seconds per call of each function; one warm-up call each, then ``repeats`` interleaved rounds.
+
+    The order rotates from round to round so that no function always runs first (e.g. right after
+    the naive version has freed its large buffers).
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for round_ in range(repeats + 1):
-        for name, fn in fns.items():
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn = fns[name]
             sync()
             start = time.perf_counter()
             fn()
