@@ -27,7 +27,7 @@ def model(**changes) -> Captioner:
 
 
 def test_patch_encoder_shapes_and_patch_order() -> None:
-    encoder = PatchEncoder(image_size=32, patch_size=8, dim=16, depth=0)
+    encoder = PatchEncoder(image_size=32, patch_size=8, dim=16, depth=0, standardize=False)
     assert encoder.grid == (4, 4) and encoder(torch.rand(2, 1, 32, 32)).shape == (2, 16, 16)
     # with no blocks, a patch's feature depends on that patch only: patch n is grid cell (n // 4, n % 4)
     image = torch.zeros(1, 1, 32, 32)
@@ -38,6 +38,14 @@ def test_patch_encoder_shapes_and_patch_order() -> None:
     with pytest.raises(ValueError, match="patch_size"):
         PatchEncoder(image_size=30, patch_size=8)
     assert set(PatchEncoder(depth=2).layers()) == {"embed", "block 1", "block 2"}
+
+
+def test_patch_encoder_ignores_brightness_and_contrast() -> None:
+    encoder = PatchEncoder(image_size=32, patch_size=8, dim=16, depth=1)
+    images = torch.rand(3, 1, 32, 32)
+    torch.testing.assert_close(encoder(2.5 * images + 0.7), encoder(images), atol=1e-4, rtol=1e-4)
+    raw = PatchEncoder(image_size=32, patch_size=8, dim=16, depth=1, standardize=False)
+    assert not torch.allclose(raw(2.5 * images + 0.7), raw(images), atol=1e-3)
 
 
 def test_forward_shapes_and_causality() -> None:

@@ -11,6 +11,7 @@ from crossfuse.lab.grounding import (
     finding_scores,
     ground_report,
     parse_findings,
+    pointing_chance,
     pointing_game,
 )
 
@@ -37,6 +38,17 @@ def test_pointing_game_box_spanning_patches() -> None:
     assert not pointing_game(peak(1, 4), box, 8, tolerance=0)
     assert pointing_game(peak(1, 4), box, 8, tolerance=1)
     assert not pointing_game(peak(3, 1), box, 8, tolerance=0)
+
+
+def test_pointing_chance_counts_cells_within_tolerance() -> None:
+    assert pointing_chance((16, 16, 24, 24), 8, grid=8) == pytest.approx(9 / 64)
+    assert pointing_chance((0, 0, 8, 8), 8, grid=8) == pytest.approx(4 / 64)  # clipped at the corner
+    assert pointing_chance((0, 0, 64, 64), 8, grid=8) == 1.0
+    # the chance level is what a uniformly random arg-max scores
+    box, hits = (10, 3, 30, 12), 0
+    for cell in range(64):
+        hits += pointing_game(peak(*divmod(cell, 8)), box, 8)
+    assert pointing_chance(box, 8, grid=8) == pytest.approx(hits / 64)
 
 
 def test_attention_mass_analytic() -> None:

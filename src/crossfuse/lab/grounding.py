@@ -135,6 +135,14 @@ def pointing_game(
     return max(d_row, d_col) <= tolerance
 
 
+def pointing_chance(box: tuple[int, int, int, int], patch_size: int, grid: int, tolerance: int = 1) -> float:
+    """Pointing-game accuracy of an arg-max drawn uniformly over the ``grid x grid`` patches (the chance level)."""
+    r0, c0, r1, c1 = _box_cells(box, patch_size)
+    rows = min(grid, r1 + tolerance) - max(0, r0 - tolerance)
+    cols = min(grid, c1 + tolerance) - max(0, c0 - tolerance)
+    return rows * cols / grid**2
+
+
 def attention_mass_in_box(attention: Tensor | np.ndarray, box: tuple[int, int, int, int], patch_size: int) -> float:
     """Share of the attention inside ``box``; a patch's weight is spread evenly over its pixels.
 
@@ -158,6 +166,7 @@ class Grounding:
     hit: bool
     mass: float
     box_share: float  # the box's share of the image: the mass a uniform map would put there
+    chance: float  # the pointing game's chance level for this box
 
 
 def ground_report(
@@ -205,6 +214,7 @@ def ground_report(
                     hit=pointing_game(heat, target.xyxy, patch_size, tolerance),
                     mass=attention_mass_in_box(heat, target.xyxy, patch_size),
                     box_share=(x1 - x0) * (y1 - y0) / image_size**2,
+                    chance=pointing_chance(target.xyxy, patch_size, grid, tolerance),
                 )
             )
     return out

@@ -1,7 +1,8 @@
 """ViT-style patch encoder: images become a sequence of patch features (Dosovitskiy et al., 2021).
 
-A strided convolution cuts the image into ``P x P`` patches and embeds each one, a learned
-positional embedding marks where each patch sits, and pre-norm `SelfAttentionBlock`s let the
+Each image is first standardised (zero mean, unit variance per image; ``standardize=False`` skips
+it), so overall brightness and contrast need not be learned. A strided convolution cuts it into
+``P x P`` patches and embeds each one, a learned positional embedding marks where each patch sits, and pre-norm `SelfAttentionBlock`s let the
 patches look at each other. Patches are numbered row by row, so feature ``n`` belongs to grid cell
 ``(n // gw, n % gw)``.
 
@@ -27,6 +28,7 @@ class PatchEncoder(nn.Module):
         dim: feature size D of each patch.
         depth: number of `SelfAttentionBlock`s.
         num_heads, mlp_ratio, dropout: as in `SelfAttentionBlock`.
+        standardize: standardise each image (zero mean, unit variance) before the patch embedding.
 
     Shapes: images: (B, C, H, W)  ->  (B, N, D).
     """
@@ -41,11 +43,13 @@ class PatchEncoder(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
+        standardize: bool = True,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.standardize = standardize
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
@@ -59,6 +63,9 @@ class PatchEncoder(nn.Module):
         check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.standardize:
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
         x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         for block in self.blocks:
             x = block(x)
