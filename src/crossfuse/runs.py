@@ -56,7 +56,7 @@ def prepare_run_dir(path: Path, force: bool = False, resume: bool = False) -> bo
             return True
         if not force:
             raise FileExistsError(
-                f"out: {path} already exists; pass --force to overwrite it or --resume to continue it"
+                f"--out: {path} already exists; pass --force to overwrite it or --resume to continue it"
             )
         if not is_run:
             raise ValueError(
