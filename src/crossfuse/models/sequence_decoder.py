@@ -1,0 +1,224 @@
+"""Per-time-step decoders of two (or one) sequences: cross-attention fusion and early fusion.
+
+- `CrossSequenceDecoder`: the ``query`` stream (e.g. spikes) is embedded per time bin; the
+  ``context`` stream (e.g. LFP) is encoded by self-attention; then each query bin attends over
+  every context bin (`CrossAttentionBlock`), so it can look wherever in the other stream the
+  information sits, e.g. a few bins later when that stream lags. One output per query bin.
+- `EarlySequenceDecoder`: all streams share one fixed timeline; their per-bin features are
+  concatenated into one token per bin, then self-attention blocks (early fusion). With a single
+  modality it is the unimodal baseline.
+
+Both embed each bin with a linear layer plus a learned position embedding (Vaswani et al., 2017;
+Devlin et al., 2019), and predict with a LayerNorm + linear head per bin.
+
+Shapes: inputs: {name: (B, T_m, D_m)}  masks: {name: (B, T_m) bool, True = valid} or None
+->  `SequenceOutput` with prediction: (B, T_q, K)  (T_q: the query stream's length, or the shared T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from crossfuse.blocks import CrossAttentionBlock, SelfAttentionBlock
+from crossfuse.validation import check_tensor
+
+
+@dataclass(frozen=True)
+class SequenceDecoderConfig:
+    """Width, heads, depth and the longest sequence the position embeddings cover."""
+
+    dim: int = 48
+    num_heads: int = 4
+    num_layers: int = 2
+    context_layers: int = 1  # CrossSequenceDecoder: self-attention blocks over the context stream
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    max_len: int = 256
+    position_init: str = "sinusoidal"  # or "random", or "none" (no absolute position)
+    context_position_init: str | None = None  # CrossSequenceDecoder's context stream; None = position_init
+    kernel_size: int = 1  # bins each token embedding sees (odd; 1 = the bin alone)
+
+
+@dataclass
+class SequenceOutput:
+    """Per-bin prediction and, on request, attention weights.
+
+    Shapes: prediction: (B, T, K)  attention: {"layer i": (B, H, T_q, T_k)} or None.
+    """
+
+    prediction: Tensor
+    attention: dict[str, Tensor] | None = None
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """Sine/cosine position codes of Vaswani et al. (2017). Shapes: -> (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    codes = torch.zeros(length, dim)
+    codes[:, 0::2] = torch.sin(position * frequency)
+    codes[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return codes
+
+
+class BinEmbedding(nn.Module):
+    """Embedding of each time bin (a 1-D convolution over ``kernel_size`` bins) plus a position embedding.
+
+    ``kernel_size=1`` is a per-bin linear map; a wider kernel lets each token see its local waveform
+    (translation-equivariant, so it reads the same whatever the stream's lag). The learned position
+    table starts from the sinusoidal codes (the same for every stream: two streams begin on one
+    clock), from N(0, 0.02^2) with ``position_init="random"``, or is absent with ``"none"``.
+    Bins where ``mask`` is False are zeroed before the convolution so they leak into no neighbour.
+
+    Shapes: x: (B, T, D_in)  mask: (B, T) bool or None  ->  (B, T, dim)
+    """
+
+    def __init__(
+        self, in_dim: int, dim: int, max_len: int, position_init: str = "sinusoidal", kernel_size: int = 1
+    ) -> None:
+        super().__init__()
+        if position_init not in ("sinusoidal", "random", "none"):
+            raise ValueError(f"position_init: expected 'sinusoidal', 'random' or 'none', got {position_init!r}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd integer >= 1, got {kernel_size}")
+        self.proj = nn.Conv1d(in_dim, dim, kernel_size, padding=kernel_size // 2)
+        self.position: nn.Parameter | None = None
+        if position_init == "sinusoidal":
+            self.position = nn.Parameter(sinusoidal_positions(max_len, dim))
+        elif position_init == "random":
+            self.position = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            x = x * mask[..., None]
+        h = self.proj(x.transpose(1, 2)).transpose(1, 2)
+        return h if self.position is None else h + self.position[: x.shape[1]]
+
+
+def _check_inputs(
+    inputs: dict[str, Tensor], masks: dict[str, Tensor] | None, dims: dict[str, int], max_len: int
+) -> dict[str, Tensor | None]:
+    if not isinstance(inputs, dict):
+        raise ValueError(f"inputs: expected a dict {{name: (B, T, D)}}, got {type(inputs).__name__}")
+    missing = sorted(set(dims) - set(inputs))
+    if missing:
+        raise ValueError(f"inputs: missing modalities {missing}; expected keys {sorted(dims)}, got {sorted(inputs)}")
+    sizes: dict[str, int] = {}
+    out: dict[str, Tensor | None] = {}
+    for name, dim in dims.items():
+        x = check_tensor(f"inputs[{name!r}]", inputs[name], ("B", None, dim), sizes, dtype="float")
+        if x.shape[1] > max_len:
+            raise ValueError(f"inputs[{name!r}]: expected at most max_len={max_len} bins, got {x.shape[1]}")
+        mask = None if masks is None else masks.get(name)
+        if mask is not None:
+            check_tensor(f"masks[{name!r}]", mask, (sizes["B"], x.shape[1]), dtype="bool")
+        out[name] = mask
+    return out
+
+
+class CrossSequenceDecoder(nn.Module):
+    """Query-stream bins attend over the context stream; one prediction per query bin.
+
+    Args:
+        dims: {name: feature size} of the two streams.
+        query: the stream whose bins are predicted (e.g. ``"spikes"``); the other is the context.
+        num_outputs: K, values predicted per bin.
+
+    Shapes: inputs {query: (B, T_q, D_q), context: (B, T_k, D_k)}, masks (B, T_m) bool or None
+    ->  prediction (B, T_q, K); with ``return_attention`` also {"layer i": (B, H, T_q, T_k)}.
+    """
+
+    def __init__(
+        self, dims: dict[str, int], query: str, num_outputs: int, config: SequenceDecoderConfig | None = None
+    ) -> None:
+        super().__init__()
+        config = config or SequenceDecoderConfig()
+        if len(dims) != 2 or query not in dims:
+            raise ValueError(f"dims: expected two modalities including query={query!r}, got {sorted(dims)}")
+        self.dims, self.config, self.query = dict(dims), config, query
+        self.context = next(name for name in dims if name != query)
+        d = config.dim
+        context_init = config.context_position_init or config.position_init
+        self.embed = nn.ModuleDict(
+            {
+                name: BinEmbedding(
+                    dim, d, config.max_len, config.position_init if name == query else context_init, config.kernel_size
+                )
+                for name, dim in dims.items()
+            }
+        )
+        self.context_encoder = nn.ModuleList(
+            SelfAttentionBlock(d, config.num_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.context_layers)
+        )
+        self.layers = nn.ModuleList(
+            CrossAttentionBlock(d, d, config.num_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.num_layers)
+        )
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_outputs))
+
+    def forward(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None, return_attention: bool = False
+    ) -> SequenceOutput:
+        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
+        q_mask, c_mask = checked[self.query], checked[self.context]
+        context = self.embed[self.context](inputs[self.context], c_mask)
+        for block in self.context_encoder:
+            context = block(context, mask=c_mask)
+        x = self.embed[self.query](inputs[self.query], q_mask)
+        attention: dict[str, Tensor] = {}
+        for i, block in enumerate(self.layers):
+            result = block(x, context, mask=q_mask, context_mask=c_mask, return_attention=return_attention)
+            x, weights = result if return_attention else (result, None)
+            if weights is not None:
+                attention[f"layer {i + 1}"] = weights
+        return SequenceOutput(self.head(x), attention if return_attention else None)
+
+
+class EarlySequenceDecoder(nn.Module):
+    """Early fusion on one timeline: per-bin features of all streams concatenated, then self-attention.
+
+    Every stream must have the same number of bins T; a bin is valid where all masks are True.
+    With one modality in ``dims`` this is the unimodal decoder.
+
+    Shapes: inputs {name: (B, T, D_m)}, masks (B, T) bool or None  ->  prediction (B, T, K);
+    with ``return_attention`` also {"layer i": (B, H, T, T)} (self-attention).
+    """
+
+    def __init__(self, dims: dict[str, int], num_outputs: int, config: SequenceDecoderConfig | None = None) -> None:
+        super().__init__()
+        config = config or SequenceDecoderConfig()
+        if not dims:
+            raise ValueError("dims: expected at least one modality, got none")
+        self.dims, self.config = dict(dims), config
+        self.embed = BinEmbedding(
+            sum(dims.values()), config.dim, config.max_len, config.position_init, config.kernel_size
+        )
+        self.layers = nn.ModuleList(
+            SelfAttentionBlock(config.dim, config.num_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.num_layers)
+        )
+        self.head = nn.Sequential(nn.LayerNorm(config.dim), nn.Linear(config.dim, num_outputs))
+
+    def forward(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None, return_attention: bool = False
+    ) -> SequenceOutput:
+        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
+        lengths = {name: inputs[name].shape[1] for name in self.dims}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"inputs: early fusion needs one timeline (equal T per modality), got lengths {lengths}")
+        mask = None
+        for m in checked.values():
+            if m is not None:
+                mask = m if mask is None else mask & m
+        x = self.embed(torch.cat([inputs[name] for name in self.dims], dim=-1), mask)
+        attention: dict[str, Tensor] = {}
+        for i, block in enumerate(self.layers):
+            result = block(x, mask=mask, return_attention=return_attention)
+            x, weights = result if return_attention else (result, None)
+            if weights is not None:
+                attention[f"layer {i + 1}"] = weights
+        return SequenceOutput(self.head(x), attention if return_attention else None)

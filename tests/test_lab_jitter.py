@@ -1,0 +1,75 @@
+"""Lab jitter: the smoke run returns a complete record; its pieces behave."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crossfuse.data.neural import make_neural_trials
+from crossfuse.lab import jitter
+from crossfuse.lab.result import Result, load_experiment
+from crossfuse.models.sequence_decoder import SequenceOutput
+from crossfuse.train import make_loader
+
+
+@pytest.fixture(scope="module")
+def smoke() -> Result:
+    stages: list[str] = []
+    result = jitter.run("smoke", seed=0, progress=stages.append)
+    result.raw["_stages"] = stages
+    return result
+
+
+def test_smoke_record_is_complete(smoke: Result) -> None:
+    assert load_experiment("jitter") is jitter
+    assert smoke.name == "jitter" and smoke.size == "smoke" and smoke.seeds == [0]
+    assert smoke.claim == jitter.CLAIM and smoke.criterion == jitter.CRITERION
+    assert smoke.verdict == "inconclusive"
+    assert "cross R^2" in smoke.measured and "drop" in smoke.measured
+    assert set(smoke.figures) == {"r2_vs_jitter.png", "attention_follows_lag.png"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in smoke.figures.values())
+    stages = smoke.raw.pop("_stages")
+    # spikes alone does not depend on J: trained once per seed
+    assert sum("training spikes" in s for s in stages) == 1
+    assert sum("training cross" in s for s in stages) == 2
+    table = smoke.tables[0]
+    assert [row[0] for row in table.rows] == list(jitter.STRATEGIES)
+    assert all(len(row) == len(table.columns) for row in table.rows)
+    r2 = smoke.raw["r2"]
+    assert set(r2) == set(jitter.STRATEGIES) and all(set(v) == {"0", "4"} for v in r2.values())
+    assert r2["spikes"]["0"] == r2["spikes"]["4"]
+    assert smoke.raw["lag_tracking"] and smoke.raw["attention_example"]["lag"] <= 4
+    json.dumps(smoke.to_json())
+
+
+def test_objective_r2_is_pooled_over_bins() -> None:
+    trials = make_neural_trials(8, 0, seed=0)
+    data = jitter.standardized_dataset(trials, 8)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dims = {"spikes": 32}
+
+        def forward(self, inputs: dict) -> SequenceOutput:
+            return SequenceOutput(trials.velocity * 0.5)  # half the true velocity
+
+    metrics = jitter.BinRegressionObjective().evaluate(Oracle(), make_loader(data, 8))
+    y = trials.velocity.reshape(-1, 2)
+    expected = (1 - ((0.5 * y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)).mean().item()
+    assert metrics["r2"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_standardized_dataset_uses_training_statistics() -> None:
+    trials = make_neural_trials(20, 2, seed=1)
+    data = jitter.standardized_dataset(trials, 10)
+    lfp = data.inputs["lfp"][:10]
+    torch.testing.assert_close(lfp.mean(dim=(0, 1)), torch.zeros(lfp.shape[-1]), atol=1e-5, rtol=0)
+    assert data.y.shape == (20, 64, 2)
+
+
+def test_build_decoder_rejects_unknown_strategy() -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        jitter.build_decoder("late", {"spikes": 32, "lfp": 8}, 16)

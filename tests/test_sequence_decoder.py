@@ -1,0 +1,101 @@
+"""Sequence decoders: shapes, masks, attention, and that cross-attention really reads the context stream."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossfuse.models.sequence_decoder import (
+    BinEmbedding,
+    CrossSequenceDecoder,
+    EarlySequenceDecoder,
+    SequenceDecoderConfig,
+    sinusoidal_positions,
+)
+
+CONFIG = SequenceDecoderConfig(dim=16, num_heads=2, num_layers=2, context_layers=1, max_len=32)
+
+
+def test_cross_shapes_and_attention() -> None:
+    model = CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "spikes", 2, CONFIG)
+    inputs = {"spikes": torch.randn(4, 10, 5), "lfp": torch.randn(4, 14, 3)}  # different lengths are fine
+    out = model(inputs, return_attention=True)
+    assert out.prediction.shape == (4, 10, 2)
+    assert set(out.attention) == {"layer 1", "layer 2"}
+    for w in out.attention.values():
+        assert w.shape == (4, 2, 10, 14)
+        torch.testing.assert_close(w.sum(-1), torch.ones(4, 2, 10))
+    assert model(inputs).attention is None
+
+
+def test_cross_context_mask_is_respected() -> None:
+    torch.manual_seed(0)
+    model = CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "spikes", 2, CONFIG).eval()
+    inputs = {"spikes": torch.randn(2, 8, 5), "lfp": torch.randn(2, 12, 3)}
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[:, 9:] = False
+    out = model(inputs, {"lfp": mask}, return_attention=True)
+    assert all(float(w[..., 9:].detach().abs().max()) == 0.0 for w in out.attention.values())
+    # masked LFP bins do not influence the prediction (the encoder and the cross-attention both skip them)
+    changed = {**inputs, "lfp": inputs["lfp"].clone()}
+    changed["lfp"][:, 9:] += 100.0
+    torch.testing.assert_close(model(changed, {"lfp": mask}).prediction, out.prediction)
+
+
+def test_cross_prediction_depends_on_the_context_only_through_attention() -> None:
+    torch.manual_seed(1)
+    model = CrossSequenceDecoder({"a": 4, "b": 4}, "a", 1, CONFIG).eval()
+    a, b = torch.randn(1, 6, 4), torch.randn(1, 9, 4)
+    base = model({"a": a, "b": b}).prediction
+    assert not torch.allclose(model({"a": a, "b": b + 1.0}).prediction, base)
+
+
+def test_early_matches_unimodal_when_one_modality_and_needs_one_timeline() -> None:
+    model = EarlySequenceDecoder({"spikes": 5, "lfp": 3}, 2, CONFIG)
+    out = model({"spikes": torch.randn(3, 7, 5), "lfp": torch.randn(3, 7, 3)}, return_attention=True)
+    assert out.prediction.shape == (3, 7, 2) and out.attention["layer 1"].shape == (3, 2, 7, 7)
+    with pytest.raises(ValueError, match="one timeline"):
+        model({"spikes": torch.randn(3, 7, 5), "lfp": torch.randn(3, 8, 3)})
+    alone = EarlySequenceDecoder({"lfp": 3}, 2, CONFIG)
+    assert alone({"lfp": torch.randn(2, 5, 3), "spikes": torch.randn(2, 5, 5)}).prediction.shape == (2, 5, 2)
+
+
+def test_early_is_causal_free_but_mask_blocks_padding() -> None:
+    torch.manual_seed(2)
+    model = EarlySequenceDecoder({"x": 3}, 1, CONFIG).eval()
+    x = torch.randn(1, 6, 3)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    base = model({"x": x}, {"x": mask}).prediction[:, :4]
+    x2 = x.clone()
+    x2[:, 4:] = 50.0
+    torch.testing.assert_close(model({"x": x2}, {"x": mask}).prediction[:, :4], base)
+
+
+def test_sinusoidal_positions_match_the_formula() -> None:
+    codes = sinusoidal_positions(10, 8)
+    pos, i = 7, 2  # dims 2i and 2i+1 use frequency 10000^(-2i/d)
+    freq = 10000 ** (-2 * i / 8)
+    assert codes[pos, 2 * i].item() == pytest.approx(torch.sin(torch.tensor(pos * freq)).item(), abs=1e-6)
+    assert codes[pos, 2 * i + 1].item() == pytest.approx(torch.cos(torch.tensor(pos * freq)).item(), abs=1e-6)
+    assert BinEmbedding(3, 8, 10).position.detach().equal(codes)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m: m({"spikes": torch.randn(2, 4, 5)}), "missing"),
+        (lambda m: m({"spikes": torch.randn(2, 4, 6), "lfp": torch.randn(2, 4, 3)}), "spikes"),
+        (lambda m: m({"spikes": torch.randn(2, 4, 5), "lfp": torch.randn(3, 4, 3)}), "lfp"),
+        (lambda m: m({"spikes": torch.randn(2, 40, 5), "lfp": torch.randn(2, 4, 3)}), "max_len"),
+        (
+            lambda m: m({"spikes": torch.randn(2, 4, 5), "lfp": torch.randn(2, 4, 3)}, {"lfp": torch.ones(2, 4)}),
+            "bool",
+        ),
+    ],
+)
+def test_bad_inputs_raise_value_error(call, match: str) -> None:
+    model = CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "spikes", 2, CONFIG)
+    with pytest.raises(ValueError, match=match):
+        call(model)
+    with pytest.raises(ValueError, match="query"):
+        CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "eeg", 2, CONFIG)
