@@ -65,7 +65,9 @@ def assert_one_line_error(stderr: str, *needles: str) -> None:
 
 def test_train_subprocess_writes_the_run_and_refuses_to_overwrite(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run = cli("train", "--data", str(data_dir / "toy.npz"), "--fusion", "cross", "--out", str(out), *SMALL)
+    run = cli(
+        "train", "--data", str(data_dir / "toy.npz"), "--fusion", "cross", "--out", str(out), "--threads", "1", *SMALL
+    )
     assert run.returncode == 0, run.stderr
     assert "split train 84 / val 18 / test 18 (seeded" in run.stdout
     assert "task classification, 3 classes [2, 5, 9]" in run.stdout

@@ -133,6 +133,15 @@ def _check_fusions(names: list[str], argument: str) -> None:
         )
 
 
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads: expected an integer >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def _load_training_data(path: str, task: str | None, split_seed: int):
     """(data with user targets, task, 0/1/2 split, split description) for train and compare."""
     from crossfuse.data.npz import load_npz, seeded_split
@@ -215,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crossfuse.train import fit, seed_everything
 
     _check_fusions([args.fusion], "--fusion")
+    _set_threads(args.threads)
     data, task, split, source = _load_training_data(args.data, args.task, args.split_seed)
     targets = TargetEncoding.fit(task, data.y, torch.from_numpy(np.flatnonzero(split == 0)))
     parts = _encoded_parts(data, targets, split)
@@ -342,6 +352,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.fusions.split(",") if n.strip()]
     _check_fusions(names, "--fusions")
+    _set_threads(args.threads)
     if args.seeds < 1:
         raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     out = Path(args.out)
@@ -424,6 +435,9 @@ def _add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="fusion layers")
     parser.add_argument("--seed", type=int, default=0, help="training seed (model init and data order)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 split if the file has none")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest for small models on a busy machine)"
+    )
 
 
 def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
