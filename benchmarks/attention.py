@@ -43,10 +43,8 @@ from crossfuse.attention import CrossAttention
 
 MODEL_DIM, HEADS, HEAD_DIM = 512, 8, 64
 SHAPES = [(32, 8, 32, 196, 64), (8, 8, 256, 1024, 64), (1, 8, 4096, 4096, 64)]  # (B, H, Nq, Nk, dh)
-REPEATS = {
-    "full": (21, 12, 6),
-    "quick": (6, 3, 3),
-}  # per shape (multiples of 3: each order equally often), after a warm-up
+# timed rounds per shape, after a warm-up round; multiples of 3 so each call order occurs equally often
+REPEATS = {"full": (21, 12, 6), "quick": (6, 3, 3)}
 MEMORY_LENGTHS = (4096, 8192, 16384)
 TARGET_RATIO = 1.05
 IMPLS = ("CrossAttention", "MHA", "naive")
