@@ -1,0 +1,72 @@
+"""The binding experiment: subsets recomputed correctly, a complete result record from a smoke run."""
+
+import json
+
+import pytest
+import torch
+
+from crossfuse.data.scenes import HELD_OUT, binding_splits
+from crossfuse.lab import binding
+from crossfuse.lab.result import Result
+from crossfuse.report.explorer import example_problems
+
+
+def test_subsets_follow_their_definitions() -> None:
+    _, test = binding_splits(10, 300, seed=1)
+    masks = binding.subset_masks(test)
+    for i, (objects, (color, shape)) in enumerate(zip(test.objects, test.questions, strict=True)):
+        held = (color, shape) in HELD_OUT
+        present = any(o.color == color and o.shape == shape for o in objects)
+        both = any(o.color == color and o.shape != shape for o in objects) and any(
+            o.shape == shape and o.color != color for o in objects
+        )
+        assert masks["held_out"][i] == held and masks["seen"][i] == (not held)
+        assert masks["distractor"][i] == (both and not present and not held)
+        assert masks["distractor_yes"][i] == (both and present and not held)
+        assert masks["held_out_distractor"][i] == (both and held)
+    assert masks["distractor"].any() and masks["distractor_yes"].any() and masks["held_out_distractor"].any()
+
+
+def test_models_share_the_interface_and_cross_reads_text_first() -> None:
+    budget = binding.BUDGETS["smoke"]
+    _, test = binding_splits(4, 3, seed=0)
+    batch = test.dataset(binding.PATCH).subset(torch.arange(3))
+    for strategy in binding.STRATEGIES:
+        output = binding.build_model(strategy, budget)(batch.inputs, batch.masks)
+        assert output.logits.shape == (3, 2)
+    weights = binding.question_attention(binding.build_model("cross", budget), test, [0, 1])
+    assert weights.shape == (2, budget.num_heads, 5, 16)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, budget.num_heads, 5))
+
+
+def test_bad_size() -> None:
+    with pytest.raises(ValueError, match="size"):
+        binding.run("medium")
+
+
+def test_smoke_run_gives_a_complete_record() -> None:
+    stages: list[str] = []
+    result = binding.run("smoke", seed=2, progress=stages.append)
+    assert isinstance(result, Result) and result.name == "binding"
+    assert result.claim == binding.CLAIM and result.criterion == binding.CRITERION
+    assert result.verdict == "inconclusive" and result.size == "smoke" and result.seeds == [2]
+    assert "cross" in result.measured and result.wall_time_s > 0
+    assert [s for s in stages if s.startswith("training")] == [f"training {s}, seed 1/1" for s in binding.STRATEGIES]
+    table = result.tables[0]
+    assert [row[0] for row in table.rows] == list(binding.STRATEGIES)
+    assert all(len(row) == len(table.columns) for row in table.rows)
+    assert set(result.figures) == {"binding_attention.png", "binding_accuracy.png"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result.figures.values())
+    raw = json.loads(json.dumps(result.raw))
+    assert set(raw["accuracy"]) == set(binding.STRATEGIES)
+    assert raw["parameters"]["cross"] > 0
+    explorer = json.loads(json.dumps(result.extras["explorer"]))
+    assert explorer["kind"] == "binding" and 1 <= len(explorer["examples"]) <= 4
+    for example in explorer["examples"]:
+        assert example_problems(example) == []
+        assert example["image"].startswith("data:image/png;base64,")
+        assert example["tokens"][:3] == ["is", "there", "a"]
+        rows = torch.tensor(example["attention"]["mean"])
+        torch.testing.assert_close(rows.sum(-1), torch.ones(5))
+        # boxes are the asked object's, present exactly when the answer is yes
+        assert bool(example["boxes"]) == (example["reference"] == "yes")
