@@ -18,6 +18,16 @@ from crossfuse.models.captioner import (
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.train import TrainConfig, fit
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CONFIG = CaptionerConfig(vocab_size=11, image_size=32, patch_size=8, dim=32, num_heads=2, max_len=12)
 
 
@@ -100,6 +110,9 @@ def test_objective_is_cross_entropy_without_pad() -> None:
     picked = [-log_probs[b, t, targets[b, t]] for b in range(2) for t in range(5) if targets[b, t] != 0]
     torch.testing.assert_close(loss, torch.stack(picked).mean())
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0))
+    # a longer all-PAD tail (as in a batch padded to the data set's longest report) changes nothing
+    padded = {"image": batch["image"], "tokens": torch.cat([tokens, torch.zeros(2, 5, dtype=torch.long)], dim=1)}
+    torch.testing.assert_close(CaptionObjective().loss(m, padded)[0], loss)
 
 
 def test_training_with_the_shared_trainer_lowers_the_loss() -> None:

@@ -9,6 +9,15 @@ from crossfuse.models.captioner import Captioner, CaptionerConfig
 from crossfuse.models.decoding import beam_search, greedy_decode
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(vocab_size: int = 12, eos_bias: float = 0.0, max_len: int = 16, seed: int = 0) -> Captioner:
     """A random captioner whose outputs depend on the image and stop at varied lengths."""
     torch.manual_seed(seed)
@@ -18,6 +27,9 @@ def tiny(vocab_size: int = 12, eos_bias: float = 0.0, max_len: int = 16, seed: i
         model.token_embed.weight.normal_(0.0, 1.0)
         model.pos_embed.weight.normal_(0.0, 1.0)
         model.head.weight.mul_(4.0)
+        for block in model.blocks:  # a stronger say for the image
+            block.cross.to_v.weight.mul_(3.0)
+            block.cross.to_out.weight.mul_(3.0)
         model.head.bias[config.eos_id] += eos_bias
     return model
 

@@ -92,7 +92,7 @@ class EncoderGradientRecorder:
         self._record: dict[str, float] = {}
 
     def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
-        target = batch["tokens"][:, 1:]
+        target = batch["tokens"][:, 1 : output.shape[1] + 1]
         loss = F.cross_entropy(output.detach().flatten(0, 1), target.flatten(), ignore_index=self.pad_id)
         self._record = {"loss": float(loss), **{f"grad {k}": v for k, v in layer_gradient_norms(model).items()}}
 

@@ -245,27 +245,29 @@ def run(
     def column(key: str) -> list[float]:
         return [m[key] for m in per_seed]
 
-    f1, pointing = float(np.mean(column("f1"))), float(np.nanmean(column("pointing")))
+    f1 = float(np.mean(column("f1")))
+    pointings = [v for v in column("pointing") if not np.isnan(v)]
+    pointing = float(np.mean(pointings)) if pointings else 0.0  # no grounded finding word: nothing pointed
     passed = f1 >= F1_THRESHOLD and pointing >= POINTING_THRESHOLD
     rows = [
-        ["BLEU-4", mean_std(column("bleu4"), 1)],
-        ["finding precision", mean_std(column("precision"))],
-        ["finding recall", mean_std(column("recall"))],
-        ["finding F1", mean_std(column("f1"))],
-        ["exact finding set", mean_std(column("exact"))],
-        ["pointing game", mean_std(column("pointing"))],
-        ["pointing game, chance", mean_std(column("pointing_chance"))],
-        ["attention mass in box", mean_std(column("mass_in_box"))],
-        ["box share of image (uniform mass)", mean_std(column("box_share"))],
-        ["finding words grounded", mean_std(column("grounded_words"), 1)],
+        ["BLEU-4", _summary(column("bleu4"), 1)],
+        ["finding precision", _summary(column("precision"))],
+        ["finding recall", _summary(column("recall"))],
+        ["finding F1", _summary(column("f1"))],
+        ["exact finding set", _summary(column("exact"))],
+        ["pointing game", _summary(column("pointing"))],
+        ["pointing game, chance", _summary(column("pointing_chance"))],
+        ["attention mass in box", _summary(column("mass_in_box"))],
+        ["box share of image (uniform mass)", _summary(column("box_share"))],
+        ["finding words grounded", _summary(column("grounded_words"), 1)],
     ]
     kind_rows = [
         [
             kind,
-            mean_std([p[kind]["f1"] for p in per_kind_seeds]),
-            mean_std([p[kind]["pointing"] for p in per_kind_seeds]),
-            mean_std([p[kind]["mass_in_box"] for p in per_kind_seeds]),
-            mean_std([p[kind]["n_words"] for p in per_kind_seeds], 1),
+            _summary([p[kind]["f1"] for p in per_kind_seeds]),
+            _summary([p[kind]["pointing"] for p in per_kind_seeds]),
+            _summary([p[kind]["mass_in_box"] for p in per_kind_seeds]),
+            _summary([p[kind]["n_words"] for p in per_kind_seeds], 1),
         ]
         for kind in KINDS
     ]
@@ -294,8 +296,8 @@ def run(
         "training.png": _training_figure(histories, seeds),
     }
     measured = (
-        f"finding F1 {mean_std(column('f1'))} (criterion >= {F1_THRESHOLD}), pointing game "
-        f"{mean_std(column('pointing'))} (>= {POINTING_THRESHOLD}; chance {np.mean(column('pointing_chance')):.2f}), "
+        f"finding F1 {_summary(column('f1'))} (criterion >= {F1_THRESHOLD}), pointing game "
+        f"{_summary(column('pointing'))} (>= {POINTING_THRESHOLD}; chance {_summary(column('pointing_chance'), 2)}), "
         f"BLEU-4 {np.mean(column('bleu4')):.1f}, over {len(seeds)} seed(s)"
     )
     return Result(
@@ -306,22 +308,41 @@ def run(
         measured=measured,
         tables=tables,
         figures=figures,
-        raw={
-            "per_seed": per_seed,
-            "per_kind": per_kind_seeds,
-            "beam3_first_seed": beam_metrics,
-            "history": histories,
-            "plan": plan.__dict__,
-            "samples": [
-                {"reference": trained.test[j].report, "generated": detokenize(words[j])}
-                for j in range(min(10, len(words)))
-            ],
-        },
+        raw=_json_safe(
+            {
+                "per_seed": per_seed,
+                "per_kind": per_kind_seeds,
+                "beam3_first_seed": beam_metrics,
+                "history": histories,
+                "plan": plan.__dict__,
+                "samples": [
+                    {"reference": trained.test[j].report, "generated": detokenize(words[j])}
+                    for j in range(min(10, len(words)))
+                ],
+            }
+        ),
         wall_time_s=time.perf_counter() - started,
         size=size,
         seeds=seeds,
         extras={"explorer": _explorer(trained, words, attention, examples)},
     )
+
+
+def _summary(values: list[float], digits: int = 3) -> str:
+    """Mean ± std over seeds of the defined values; "n/a" when no seed has one (no finding word to ground)."""
+    defined = [v for v in values if not np.isnan(v)]
+    return mean_std(defined, digits) if defined else "n/a"
+
+
+def _json_safe(value):
+    """NaN -> None, recursively, so ``raw`` is strict JSON."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _pick_examples(studies: list[Study], count: int) -> list[int]:

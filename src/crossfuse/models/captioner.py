@@ -142,12 +142,14 @@ class Captioner(nn.Module):
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.token_embed(tokens) + self.pos_embed(positions)
         attention = [] if return_attention else None
+        # One new token is the last position: it sees every cached key, so no causal mask is needed.
+        causal = tokens.shape[1] > 1
         for i, block in enumerate(self.blocks):
             self_cache, cross_cache = (None, None) if cache is None else cache.layers[i]
             out = block(
                 x,
                 memory,
-                causal=True,
+                causal=causal,
                 self_cache=self_cache,
                 cross_cache=cross_cache,
                 return_attention=return_attention,
@@ -190,6 +192,9 @@ class CaptionObjective:
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         tokens = batch["tokens"]
+        # Padding is at the end and attention is causal: dropping the all-PAD tail changes nothing but the cost.
+        longest = int((tokens != self.pad_id).sum(dim=1).max())
+        tokens = tokens[:, : max(longest, 2)]
         logits = model(batch["image"], tokens[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=self.pad_id)
         return loss, logits
@@ -203,7 +208,7 @@ class CaptionObjective:
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, logits = self.loss(model, batch)
-            target = batch["tokens"][:, 1:]
+            target = batch["tokens"][:, 1 : logits.shape[1] + 1]
             valid = target != self.pad_id
             n = int(valid.sum())
             total += loss.item() * n

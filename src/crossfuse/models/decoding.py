@@ -74,15 +74,17 @@ def greedy_decode(
     use_cache: bool = True,
     return_attention: bool = False,
     ignore_eos: bool = False,
+    memory: Tensor | None = None,
 ) -> Generation:
     """Pick the most likely token at every step until EOS (or ``max_len`` tokens).
 
-    ``ignore_eos=True`` always generates ``max_len`` tokens (for benchmarks).
-    Shapes: images: (B, C, H, W) -> Generation with B entries.
+    ``ignore_eos=True`` always generates ``max_len`` tokens (for benchmarks); ``memory`` is
+    ``model.encode(images)`` if already computed.
+    Shapes: images: (B, C, H, W)  memory: (B, M, D) or None -> Generation with B entries.
     """
     max_len = _check(model, images, max_len)
     cfg = model.config
-    memory = model.encode(images)
+    memory = model.encode(images) if memory is None else memory
     batch = images.shape[0]
     tokens = torch.full((batch, 1), cfg.bos_id, dtype=torch.long, device=images.device)
     cache = model.new_cache() if use_cache else None
@@ -121,10 +123,12 @@ def beam_search(
     length_penalty: float = 1.0,
     use_cache: bool = True,
     return_attention: bool = False,
+    memory: Tensor | None = None,
 ) -> Generation:
     """Keep the ``beam_size`` best hypotheses per image; return the best by length-penalised score.
 
-    Shapes: images: (B, C, H, W) -> Generation with B entries (the best hypothesis of each).
+    ``memory`` is ``model.encode(images)`` if already computed.
+    Shapes: images: (B, C, H, W)  memory: (B, M, D) or None -> Generation with B entries (the best of each).
     """
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size: expected an int >= 1, got {beam_size!r}")
@@ -132,7 +136,7 @@ def beam_search(
     cfg = model.config
     batch, k = images.shape[0], beam_size
     device = images.device
-    memory = model.encode(images).repeat_interleave(k, dim=0)  # (B*k, M, D)
+    memory = (model.encode(images) if memory is None else memory).repeat_interleave(k, dim=0)  # (B*k, M, D)
     tokens = torch.full((batch * k, 1), cfg.bos_id, dtype=torch.long, device=device)
     cache = model.new_cache() if use_cache else None
     beam_scores = torch.full((batch, k), float("-inf"), device=device)
