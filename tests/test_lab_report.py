@@ -89,6 +89,9 @@ def test_gradient_highway_smoke_run() -> None:
     raw = result.raw
     assert set(raw["median"]) == {"cross", "pooled"} and set(raw["median"]["cross"]) == {"embed", "block 1", "block 2"}
     assert raw["ratio_block1"] == pytest.approx(raw["median"]["cross"]["block 1"] / raw["median"]["pooled"]["block 1"])
+    # a mean hands every patch the same gradient; cross-attention does not
+    assert raw["patch_gradient_cosine"]["pooled"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert max(raw["patch_gradient_cosine"]["cross"]) < 0.999
     for name in ("cross", "pooled"):
         steps = raw["curves"][name][0]
         assert steps and all(r["grad block 1"] > 0 and r["loss"] > 0 for r in steps)

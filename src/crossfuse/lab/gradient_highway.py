@@ -103,6 +103,28 @@ class EncoderGradientRecorder:
         return []
 
 
+def _initial_gradients(model: Captioner, batch: dict[str, torch.Tensor], pad_id: int) -> tuple[dict[str, float], float]:
+    """Encoder layers' gradient norms for one batch, and how alike the gradients reaching different patches are.
+
+    The second value is the mean cosine similarity between the loss gradients with respect to the
+    patch features of one image (over all pairs of patches, averaged over images): exactly 1 for
+    the pooled decoder, whose mean gives every patch the same gradient.
+    """
+    model.train()
+    tokens = batch["tokens"]
+    tokens = tokens[:, : max(2, int((tokens != pad_id).sum(dim=1).max()))]
+    patches = model.encoder(batch["image"])
+    patches.retain_grad()
+    memory = patches.mean(dim=1, keepdim=True) if model.config.memory == "pooled" else patches  # = model.encode
+    logits, _ = model.decode(tokens[:, :-1], memory)
+    F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad_id).backward()
+    unit = F.normalize(patches.grad, dim=-1)  # (B, N, D)
+    cosine = unit @ unit.transpose(1, 2)  # (B, N, N)
+    n = cosine.shape[-1]
+    mean_cosine = ((cosine.sum(dim=(1, 2)) - cosine.diagonal(dim1=1, dim2=2).sum(-1)) / (n * (n - 1))).mean()
+    return layer_gradient_norms(model), float(mean_cosine)
+
+
 def _models(plan: HighwayPlan, vocab_size: int, max_len: int, seed: int) -> dict[str, Captioner]:
     """Both captioners with identical initial weights (the pooled memory adds no parameter)."""
     models = {}
@@ -137,17 +159,17 @@ def run(
     vocab = Vocabulary.build([s.report for s in studies])
     max_len = max_report_length(studies)
     data = RadiographDataset(studies, vocab, max_len)
-    objective = CaptionObjective(pad_id=vocab.pad_id)
+    objective = CaptionObjective(pad_id=vocab.pad_id)  # training only; the init probe is `_initial_gradients`
     batch = {"image": data.images[: plan.batch_size], "tokens": data.tokens[: plan.batch_size]}
 
     init: dict[str, list[dict[str, float]]] = {name: [] for name in DECODERS}
+    similarity: dict[str, list[float]] = {name: [] for name in DECODERS}
     for i, s in enumerate(seeds, start=1):
         say(f"gradient norms at initialisation, seed {i}/{len(seeds)}")
         for name, model in _models(plan, len(vocab), max_len, s).items():
-            model.train()
-            loss, _ = objective.loss(model, batch)
-            loss.backward()
-            init[name].append(layer_gradient_norms(model))
+            norms, cosine = _initial_gradients(model, batch, vocab.pad_id)
+            init[name].append(norms)
+            similarity[name].append(cosine)
     layers = list(init["cross"][0])
 
     curves: dict[str, list[list[dict[str, float]]]] = {name: [] for name in DECODERS}
@@ -189,6 +211,11 @@ def run(
             rows,
         ),
         Table(
+            "How alike are the gradients reaching different patches of one image? (at initialisation)",
+            ["decoder", "mean cosine similarity between patches' gradients"],
+            [[name, mean_std(similarity[name], 3)] for name in DECODERS],
+        ),
+        Table(
             f"During training ({plan.epochs} epochs, {plan.n_train} studies; first/last {window} steps)",
             ["decoder", "block-1 grad, first steps", "block-1 grad, last steps", "loss, last steps"],
             train_rows,
@@ -214,6 +241,7 @@ def run(
             "median": median,
             "ratio_block1": ratio,
             "per_seed_ratio_block1": per_seed_ratio,
+            "patch_gradient_cosine": similarity,
             "curves": curves,
             "plan": plan.__dict__,
         },
