@@ -70,3 +70,30 @@ def test_smoke_run_gives_a_complete_record() -> None:
         torch.testing.assert_close(rows.sum(-1), torch.ones(5))
         # boxes are the asked object's, present exactly when the answer is yes
         assert bool(example["boxes"]) == (example["reference"] == "yes")
+
+
+def test_attention_share_on_the_asked_object(monkeypatch) -> None:
+    """With stand-in maps: uniform gives (asked objects)/16, all weight on the asked patch gives 1."""
+    _, test = binding_splits(4, 120, seed=3)
+    yes = test.answers.bool()
+
+    def uniform(model, data, index):
+        return torch.full((len(index), 2, 5, 16), 1 / 16)
+
+    def on_target(model, data, index):
+        maps = torch.zeros(len(index), 2, 5, 16)
+        for row, i in enumerate(index):
+            color, shape = data.questions[i]
+            first = next(o for o in data.objects[i] if o.color == color and o.shape == shape)
+            maps[row, :, :, (first.y0 // 8) * 4 + first.x0 // 8] = 1.0
+        return maps
+
+    counts = [
+        sum(o.color == q[0] and o.shape == q[1] for o in objs)
+        for objs, q, y in zip(test.objects, test.questions, yes.tolist(), strict=True)
+        if y
+    ]
+    monkeypatch.setattr(binding, "question_attention", uniform)
+    assert binding.attention_on_asked_object(None, test, yes) == pytest.approx(sum(counts) / len(counts) / 16)
+    monkeypatch.setattr(binding, "question_attention", on_target)
+    assert binding.attention_on_asked_object(None, test, yes) == pytest.approx(1.0)

@@ -83,7 +83,7 @@ BUDGETS: dict[str, Budget] = {
     ),
     "full": Budget(
         sizes=(16, 64, 256, 1024),
-        n_train=8000,
+        n_train=4000,
         n_test=2000,
         epochs=6,
         dim=64,
