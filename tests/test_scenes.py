@@ -122,3 +122,12 @@ def test_bad_input_names_the_argument() -> None:
         SceneConfig(min_objects=1)
     with pytest.raises(ValueError, match="patch"):
         generate_binding(2, seed=0).patches(5)
+    with pytest.raises(ValueError, match="n_test"):
+        binding_splits(4, 0, seed=0)
+    with pytest.raises(ValueError, match="held_out_fraction"):
+        binding_splits(4, 4, seed=0, held_out_fraction=1.5)
+
+
+def test_an_all_held_out_test_split() -> None:
+    _, test = binding_splits(4, 6, seed=0, held_out_fraction=1.0)
+    assert len(test) == 6 and all(q in HELD_OUT for q in test.questions)

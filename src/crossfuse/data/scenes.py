@@ -336,9 +336,17 @@ def binding_splits(
     if not 0 <= held_out_fraction <= 1:
         raise ValueError(f"held_out_fraction: expected within [0, 1], got {held_out_fraction}")
     train_seed, seen_seed, held_seed = np.random.SeedSequence(seed).generate_state(3)
+    if n_test < 1:
+        raise ValueError(f"n_test: expected >= 1, got {n_test}")
     train = generate_binding(n_train, int(train_seed), seen_combinations(held_out), config)
     n_held = round(n_test * held_out_fraction)
-    test = generate_binding(n_test - n_held, int(seen_seed), seen_combinations(held_out), config)
-    if n_held:
-        test = test.concat(generate_binding(n_held, int(held_seed), list(held_out), config))
+    parts = [
+        generate_binding(count, int(part_seed), targets, config)
+        for count, part_seed, targets in (
+            (n_test - n_held, seen_seed, seen_combinations(held_out)),
+            (n_held, held_seed, list(held_out)),
+        )
+        if count
+    ]
+    test = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
     return train, test
