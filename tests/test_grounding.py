@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from crossfuse.data.radiographs import Finding, tokenize
 from crossfuse.lab.grounding import (
+    asserted_finding_positions,
     attention_mass_in_box,
     finding_scores,
     ground_report,
@@ -125,3 +126,8 @@ def test_ground_report_matches_words_to_boxes() -> None:
     # the negated effusion sentence and a finding absent from the truth give nothing
     assert ground_report(words, attention, findings[:1], 8, 64)[0].word == "opacity"
     assert len(ground_report(words, attention, findings[:1], 8, 64)) == 1
+
+
+def test_asserted_finding_positions_skip_negated_sentences() -> None:
+    words = tokenize("No pleural effusion. Left upper zone nodule. The heart is enlarged. No rib fracture.")
+    assert [words[i] for i in asserted_finding_positions(words)] == ["nodule", "enlarged"]

@@ -70,8 +70,8 @@ class HighwayPlan:
 
 PLANS: dict[str, HighwayPlan] = {
     "smoke": HighwayPlan(init_seeds=2, train_seeds=1, n_train=64, epochs=1, dim=32),
-    "quick": HighwayPlan(init_seeds=5, train_seeds=1, n_train=640, epochs=4),
-    "full": HighwayPlan(init_seeds=20, train_seeds=3, n_train=2000, epochs=10),
+    "quick": HighwayPlan(init_seeds=10, train_seeds=1, n_train=1024, epochs=6),
+    "full": HighwayPlan(init_seeds=20, train_seeds=3, n_train=4000, epochs=10),
 }
 
 
@@ -265,8 +265,7 @@ def _layers_figure(init: dict[str, list[dict[str, float]]], layers: list[str], s
         for row in values:
             ax.plot(x + offset, row, "o", color=_COLOURS[name], markersize=3, alpha=0.6)
     ax.set_xticks(x, layers)
-    ax.set_yscale("log")
-    ax.set(ylabel="gradient norm (log)", title=f"Encoder gradient at initialisation ({len(seeds)} seeds; dots: seeds)")
+    ax.set(ylabel="gradient norm", title=f"Encoder gradient at initialisation ({len(seeds)} seeds; dots: seeds)")
     ax.legend()
     fig.tight_layout()
     return figure_png(fig)

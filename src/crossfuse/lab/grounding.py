@@ -63,6 +63,16 @@ def _sentences(words: list[str]) -> list[tuple[int, list[str]]]:
     return out
 
 
+def asserted_finding_positions(words: list[str]) -> list[int]:
+    """Positions of the finding words in sentences that assert a finding (not in "No pleural effusion.")."""
+    positions = []
+    for start, sentence in _sentences(words):
+        asserted = _sentence_finding(sentence)
+        if asserted is not None:
+            positions += [start + i for i, w in enumerate(sentence) if FINDING_WORDS.get(w) == asserted[0]]
+    return positions
+
+
 def parse_findings(report: str | list[str]) -> set[tuple[str, str | None]]:
     """Findings a report asserts, as ``{(kind, location)}``; location None if the report omits it.
 

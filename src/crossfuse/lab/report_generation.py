@@ -47,7 +47,13 @@ from crossfuse.data.radiographs import (
     max_report_length,
 )
 from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
-from crossfuse.lab.grounding import FINDING_WORDS, finding_scores, ground_report, parse_findings, per_kind_f1
+from crossfuse.lab.grounding import (
+    asserted_finding_positions,
+    finding_scores,
+    ground_report,
+    parse_findings,
+    per_kind_f1,
+)
 from crossfuse.lab.result import Result, Table
 from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
 from crossfuse.models.decoding import Generation, beam_search, greedy_decode
@@ -86,8 +92,8 @@ class ReportPlan:
 
 PLANS: dict[str, ReportPlan] = {
     "smoke": ReportPlan(n_train=64, n_val=16, n_test=16, epochs=1, batch_size=32, lr=2e-3, seeds=1, dim=32),
-    "quick": ReportPlan(n_train=2000, n_val=100, n_test=300, epochs=20, batch_size=32, lr=2e-3, seeds=1),
-    "full": ReportPlan(n_train=6000, n_val=200, n_test=1000, epochs=30, batch_size=32, lr=2e-3, seeds=3),
+    "quick": ReportPlan(n_train=6000, n_val=100, n_test=300, epochs=8, batch_size=32, lr=3e-3, seeds=1),
+    "full": ReportPlan(n_train=20000, n_val=200, n_test=1000, epochs=12, batch_size=32, lr=3e-3, seeds=3),
 }
 EXPLORER_EXAMPLES = 4
 PATCH_SIZE = 8
@@ -428,18 +434,21 @@ def _examples_figure(
     for row, j in enumerate(picks):
         study = studies[j]
         _overlay(axes[row, 0], study.image, None, _wrap(detokenize(words[j])), [f.xyxy for f in study.findings])
-        positions = [t for t, w in enumerate(words[j]) if w in FINDING_WORDS] or [
-            t for t, w in enumerate(words[j]) if w.isalpha()
-        ]
+        alphabetic = [t for t, w in enumerate(words[j]) if w.isalpha()]
+        positions = asserted_finding_positions(words[j]) or alphabetic[:1] + alphabetic[-1:]
         for col in range(per_row):
             ax = axes[row, 1 + col]
             if col < len(positions):
                 t = positions[col]
                 heat = attention[j][t].mean(dim=(0, 1)).reshape(grid, grid).numpy()
-                _overlay(ax, study.image, heat, f"'{words[j][t]}' (word {t + 1})", [f.xyxy for f in study.findings])
+                title = f"'{words[j][t]}' (word {t + 1}), max {heat.max():.3f}"
+                _overlay(ax, study.image, heat, title, [f.xyxy for f in study.findings])
             else:
                 ax.axis("off")
-    fig.suptitle("Generated reports (held-out) and cross-attention of finding words; green: ground-truth boxes")
+    fig.suptitle(
+        "Held-out films, generated reports and the cross-attention (mean of layers and heads) of their finding words\n"
+        f"colour scaled per map; a uniform map is {1 / grid**2:.3f} everywhere; green: ground-truth boxes"
+    )
     fig.tight_layout()
     return figure_png(fig)
 
