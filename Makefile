@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The hand-built attention demo (seconds), then every lab experiment at quick size (<= 10 min on 2 cores).
 demo: $(STAMP)
 	$(VENV)/bin/crossfuse attention-demo --out runs/demo
+	$(VENV)/bin/crossfuse lab --size quick
 
 # Debian's chromium for the explorer's browser test (tests/test_explorer_browser.py); never `playwright install`.
 # Needs root for apt-get; if it cannot be installed the browser test skips and says why.
@@ -34,6 +36,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/fusion.py
+	$(PY) benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
