@@ -40,7 +40,8 @@ def test_smoke_record_is_complete(smoke: Result) -> None:
     r2 = smoke.raw["r2"]
     assert set(r2) == set(jitter.STRATEGIES) and all(set(v) == {"0", "4"} for v in r2.values())
     assert r2["spikes"]["0"] == r2["spikes"]["4"]
-    assert smoke.raw["lag_tracking"] and smoke.raw["attention_example"]["lag"] <= 4
+    example = smoke.raw["attention_example"]
+    assert smoke.raw["lag_tracking"] and max(example["lags"]) <= 4 and len(example["trials"]) == 2
     json.dumps(smoke.to_json())
 
 

@@ -71,6 +71,29 @@ def test_early_is_causal_free_but_mask_blocks_padding() -> None:
     torch.testing.assert_close(model({"x": x2}, {"x": mask}).prediction[:, :4], base)
 
 
+def test_context_patches_and_their_times() -> None:
+    config = SequenceDecoderConfig(dim=16, num_heads=2, num_layers=1, kernel_size=3, context_stride=4, max_len=32)
+    model = CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "spikes", 2, config).eval()
+    inputs = {"spikes": torch.randn(2, 10, 5), "lfp": torch.randn(2, 14, 3)}  # 14 bins -> 4 patches
+    mask = torch.ones(2, 14, dtype=torch.bool)
+    mask[:, 12:] = False  # the last patch (bins 12..15, two of them padding) is entirely invalid
+    out = model(inputs, {"lfp": mask}, return_attention=True)
+    assert out.attention["layer 1"].shape == (2, 2, 10, 4)
+    assert float(out.attention["layer 1"][..., 3].detach().abs().max()) == 0.0
+    torch.testing.assert_close(model.context_times(14), torch.tensor([1.5, 5.5, 9.5, 13.5]))
+    # the position table starts on the query's clock, at the patch centres
+    torch.testing.assert_close(model.embed["lfp"].position[:4].detach(), sinusoidal_positions(4, 16, 4.0, 1.5))
+
+
+def test_bin_embedding_kernel_one_is_a_per_bin_linear_map() -> None:
+    embed = BinEmbedding(3, 8, 16, position_init="none")
+    x = torch.randn(2, 5, 3)
+    h, mask = embed(x)
+    expected = x @ embed.proj.weight[:, :, 0].T + embed.proj.bias
+    torch.testing.assert_close(h, expected)
+    assert mask is None
+
+
 def test_sinusoidal_positions_match_the_formula() -> None:
     codes = sinusoidal_positions(10, 8)
     pos, i = 7, 2  # dims 2i and 2i+1 use frequency 10000^(-2i/d)
@@ -78,6 +101,8 @@ def test_sinusoidal_positions_match_the_formula() -> None:
     assert codes[pos, 2 * i].item() == pytest.approx(torch.sin(torch.tensor(pos * freq)).item(), abs=1e-6)
     assert codes[pos, 2 * i + 1].item() == pytest.approx(torch.cos(torch.tensor(pos * freq)).item(), abs=1e-6)
     assert BinEmbedding(3, 8, 10).position.detach().equal(codes)
+    with pytest.raises(ValueError, match="kernel_size"):
+        BinEmbedding(3, 8, 10, kernel_size=4)
 
 
 @pytest.mark.parametrize(

@@ -61,12 +61,13 @@ class _Plan:
     train_epochs: int
     train_sigmas: tuple[float, ...]
     seeds: int
+    curve_points: int  # exact softmax-mass curve (each point is a few nested integrals)
 
 
 _PLANS: dict[str, _Plan] = {
-    "smoke": _Plan((16, 256), 64, (0.0, 0.8, 1.0, 1.5), 256, 1, (0.0, 2.0), 1),
-    "quick": _Plan((16, 256, 4096), 1500, SIGMA_FACTORS, 6144, 5, (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0), 1),
-    "full": _Plan((16, 256, 4096), 4000, SIGMA_FACTORS, 16384, 8, (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0), 3),
+    "smoke": _Plan((16, 256), 64, (0.0, 0.8, 1.0, 1.5), 256, 1, (0.0, 2.0), 1, 6),
+    "quick": _Plan((16, 256, 4096), 1500, SIGMA_FACTORS, 6144, 5, (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0), 1, 30),
+    "full": _Plan((16, 256, 4096), 4000, SIGMA_FACTORS, 16384, 8, (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0), 3, 60),
 }
 TRAIN_KEYS = 16  # keys per example in the trained retrieval task
 TRAIN_DIM = 16
@@ -227,10 +228,14 @@ def run(
             say(f"monte carlo n={n}, seed {i + 1}/{len(seeds)}")
             runs.append(monte_carlo(n, sigmas, plan.trials, seed=1000 * s + n))
         half_score = theory.half_mass_noise(MARGIN, n)
+        mass_grid = np.linspace(0.0, max(sigmas), plan.curve_points).tolist()
+        mass_curve = [theory.expected_softmax_mass(MARGIN, key_to_score_sigma(s), n) for s in mass_grid]
         per_n[n] = {
             "sigmas": sigmas,
             "exact": exact,
             "mass_exact": mass_exact,
+            "mass_grid": mass_grid,
+            "mass_curve": mass_curve,
             "runs": runs,
             "critical_key_sigma": key_crit,
             "critical_key_sigma_extreme_value": theory.critical_noise_extreme_value(MARGIN, n) / key_to_score_sigma(1),
@@ -298,10 +303,15 @@ def run(
     )
 
 
+def _query_norm_quantiles(count: int = 64) -> np.ndarray:
+    """``count`` quantiles of |q| for q ~ N(0, I_d) (a chi distribution), from a fixed large sample."""
+    sample = np.linalg.norm(np.random.default_rng(0).standard_normal((50_000, TRAIN_DIM)), axis=1)
+    return np.quantile(sample, (np.arange(count) + 0.5) / count)
+
+
 def _trained_part(plan: _Plan, seeds: list[int], say: Callable[[str], None]) -> dict[str, Any]:
     """Train a pointer per noise level and seed; compare its test accuracy with the matched-filter theory."""
     accuracy: dict[str, list[float]] = {}
-    theory_curve: list[float] = []
     for sigma in plan.train_sigmas:
         scores = []
         for i, s in enumerate(seeds):
@@ -314,15 +324,19 @@ def _trained_part(plan: _Plan, seeds: list[int], say: Callable[[str], None]) -> 
             fit(model, train, None, config, objective=PointerObjective())
             scores.append(PointerObjective().evaluate(model, make_loader(test, 512))["accuracy"])
         accuracy[f"{sigma:g}"] = scores
-        norms = retrieval_task(256, sigma, seed=20_000 + seeds[0]).inputs["query"].norm(dim=-1).flatten().numpy()
-        theory_curve.append(matched_filter_accuracy(norms, sigma))
+    say("matched-filter theory for the trained pointer")
+    norms = _query_norm_quantiles()
+    grid = np.linspace(0.0, max(plan.train_sigmas) * 1.05, plan.curve_points + 1).tolist()
+    curve = [matched_filter_accuracy(norms, sigma) for sigma in grid]
     means = [float(np.mean(v)) for v in accuracy.values()]
     return {
         "sigmas": list(plan.train_sigmas),
         "accuracy": accuracy,
-        "theory": theory_curve,
+        "theory": [matched_filter_accuracy(norms, sigma) for sigma in plan.train_sigmas],
+        "theory_grid": grid,
+        "theory_curve": curve,
         "measured_critical": crossing(list(plan.train_sigmas), means),
-        "theory_critical": crossing(list(plan.train_sigmas), theory_curve),
+        "theory_critical": crossing(grid, curve),
         "keys": TRAIN_KEYS,
         "dim": TRAIN_DIM,
     }
@@ -426,7 +440,7 @@ def _mass_figure(per_n: dict[int, dict[str, Any]]) -> bytes:
     fig, axes = plt.subplots(1, len(per_n), figsize=(4.2 * len(per_n), 3.4), squeeze=False)
     for ax, (n, v) in zip(axes[0], per_n.items(), strict=True):
         mass = np.array([[r["mass"][j] for r in v["runs"]] for j in range(len(v["sigmas"]))]).mean(axis=1)
-        ax.plot(v["sigmas"], v["mass_exact"], "-", label="exact E[weight]")
+        ax.plot(v["mass_grid"], v["mass_curve"], "-", label="exact E[weight]")
         ax.plot(v["sigmas"], mass, "o", ms=4, label="CrossAttention MC")
         ax.axvline(v["half_mass_key_sigma"], color="k", ls="--", lw=1, label="exact half-mass sigma")
         ax.axvline(v["half_mass_key_sigma_mean_field"], color="grey", ls=":", lw=1, label="mean-field")
@@ -440,15 +454,18 @@ def _mass_figure(per_n: dict[int, dict[str, Any]]) -> bytes:
 
 
 def _trained_figure(trained: dict[str, Any]) -> bytes:
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
     sigmas = trained["sigmas"]
     values = [trained["accuracy"][f"{s:g}"] for s in sigmas]
-    ax.plot(sigmas, trained["theory"], "-", label="matched-filter theory")
+    ax.plot(trained["theory_grid"], trained["theory_curve"], "-", label="matched-filter theory")
     ax.errorbar(sigmas, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], fmt="o", label="trained")
+    for key, style, label in (("theory_critical", "--", "theory critical"), ("measured_critical", "-.", "measured")):
+        if math.isfinite(trained[key]):
+            ax.axvline(trained[key], color="k" if key == "theory_critical" else "C1", ls=style, lw=1, label=label)
     ax.axhline(1.0 / trained["keys"], color="r", lw=0.6, label="chance")
     ax.set_xlabel("key noise sigma (per dimension)")
     ax.set_ylabel("test retrieval accuracy")
-    ax.set_title(f"trained pointer, n={trained['keys']}, d={trained['dim']}")
+    ax.set_title(f"trained cross-attention pointer, n={trained['keys']}, d={trained['dim']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return figure_png(fig)

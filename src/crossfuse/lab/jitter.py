@@ -44,9 +44,12 @@ CLAIM = (
 )
 CRITERION = (
     "Mean test R^2 (over seeds) of cross-attention fusion loses at most 0.05 from J = 0 to the largest jitter "
-    "J = 16 bins (per-trial LFP lag uniform on 0..J)."
+    "J = 16 bins (per-trial LFP lag uniform on 0..J), and at J = 16 it still beats the spikes-only decoder by more "
+    "than 0.01 (so the robustness is not that of ignoring the LFP)."
 )
 MAX_DROP = 0.05
+MIN_GAIN = 0.01  # cross over spikes-only at the largest J
+KERNEL_SIZE = 5  # every strategy embeds a bin with its +-2 neighbours
 STRATEGIES = ("cross", "early", "spikes", "lfp")
 
 
@@ -62,8 +65,8 @@ class _Plan:
 
 _PLANS: dict[str, _Plan] = {
     "smoke": _Plan((0, 4), 48, 24, 1, 16, 1),
-    "quick": _Plan((0, 2, 4, 8, 16), 640, 256, 8, 32, 1),
-    "full": _Plan((0, 2, 4, 8, 16), 2400, 600, 20, 32, 3),
+    "quick": _Plan((0, 2, 4, 8, 16), 512, 256, 10, 32, 1),
+    "full": _Plan((0, 2, 4, 8, 16), 2000, 500, 20, 32, 3),
 }
 
 
@@ -97,9 +100,9 @@ def _model_inputs(model: nn.Module, inputs: dict[str, Tensor]) -> dict[str, Tens
 def build_decoder(strategy: str, dims: dict[str, int], dim: int) -> nn.Module:
     """The model of one strategy: ``cross`` (1 LFP encoder block + 2 cross blocks) or a 4-block early/unimodal."""
     if strategy == "cross":
-        config = SequenceDecoderConfig(dim=dim, num_heads=4, num_layers=2, context_layers=1)
+        config = SequenceDecoderConfig(dim=dim, num_heads=4, num_layers=2, context_layers=1, kernel_size=KERNEL_SIZE)
         return CrossSequenceDecoder(dims, "spikes", 2, config)
-    config = SequenceDecoderConfig(dim=dim, num_heads=4, num_layers=4)
+    config = SequenceDecoderConfig(dim=dim, num_heads=4, num_layers=4, kernel_size=KERNEL_SIZE)
     if strategy == "early":
         return EarlySequenceDecoder(dims, 2, config)
     if strategy in dims:
@@ -131,9 +134,9 @@ def lag_tracking(model: CrossSequenceDecoder, data: MultimodalDataset, trials: N
     lags = trials.lags.float()
     result: dict[str, Any] = {}
     for name, weights in out.attention.items():
-        w = weights.mean(dim=1)  # (N, Tq, Tk)
-        positions = torch.arange(w.shape[-1], dtype=torch.float32)
-        offset = (w * positions).sum(-1) - positions[: w.shape[1]]  # (N, Tq)
+        w = weights.mean(dim=1)  # (N, Tq, Nk)
+        key_times = model.context_times(data.inputs[model.context].shape[1])  # (Nk,) in LFP bins
+        offset = (w * key_times).sum(-1) - torch.arange(w.shape[1], dtype=torch.float32)  # (N, Tq)
         per_trial = (offset * moving).sum(-1) / moving.sum(-1).clamp_min(1)
         valid = moving.any(-1)
         x, y = lags[valid].numpy(), per_trial[valid].numpy()
@@ -187,7 +190,8 @@ def run(
     means = {st: {j: float(np.mean(v)) for j, v in by_j.items()} for st, by_j in r2.items()}
     j0, j_max = min(plan.jitters), max(plan.jitters)
     drop = {st: means[st][j0] - means[st][j_max] for st in STRATEGIES}
-    passed = drop["cross"] <= MAX_DROP
+    gain = means["cross"][j_max] - means["spikes"][j_max]
+    passed = drop["cross"] <= MAX_DROP and gain > MIN_GAIN
     table = Table(
         "Test R^2 of per-bin velocity decoding vs LFP jitter J (mean ± std over seeds)",
         ["strategy", "params", *[f"J={j}" for j in plan.jitters], f"drop J={j0}->{j_max}"],
@@ -208,10 +212,15 @@ def run(
     )
     measured = (
         f"cross R^2 {means['cross'][j0]:.3f} at J={j0} -> {means['cross'][j_max]:.3f} at J={j_max} "
-        f"(drop {drop['cross']:.3f}, allowed {MAX_DROP}); early {means['early'][j0]:.3f} -> "
+        f"(drop {drop['cross']:.3f}, allowed {MAX_DROP}; gain over spikes at J={j_max} {gain:.3f}, needed > "
+        f"{MIN_GAIN}); early {means['early'][j0]:.3f} -> "
         f"{means['early'][j_max]:.3f}; spikes {means['spikes'][j0]:.3f}; lfp {means['lfp'][j0]:.3f} -> "
         f"{means['lfp'][j_max]:.3f}"
     )
+    last = tracking.get(f"seed {seeds[0]}, J={j_max}", {})
+    if last:
+        best_layer = max(last, key=lambda name: last[name]["slope"] if math.isfinite(last[name]["slope"]) else -1e9)
+        measured += f"; attention offset vs lag at J={j_max}: slope {last[best_layer]['slope']:.2f} ({best_layer})"
     figures = {"r2_vs_jitter.png": _r2_figure(r2, plan.jitters)}
     if example:
         figures["attention_follows_lag.png"] = _attention_figure(example)
@@ -219,6 +228,7 @@ def run(
         "r2": {st: {str(j): v for j, v in by_j.items()} for st, by_j in r2.items()},
         "mean_r2": {st: {str(j): v for j, v in by_j.items()} for st, by_j in means.items()},
         "drop": drop,
+        "cross_gain_over_spikes_at_max_jitter": gain,
         "params": params,
         "lag_tracking": tracking,
         "plan": {
@@ -262,19 +272,23 @@ def _train_one(
 
 
 def _attention_example(model: CrossSequenceDecoder, test: MultimodalDataset, trials: NeuralTrials) -> dict[str, Any]:
-    """Head-averaged cross-attention of the test trial with the largest lag (ties: the fastest reach)."""
+    """Head-averaged cross-attention for two test trials: the largest lag and the smallest (fastest reach on ties)."""
     lags = trials.lags
     peak_speed = trials.velocity.norm(dim=-1).amax(dim=-1)
-    candidates = torch.nonzero(lags == lags.max()).flatten()
-    i = int(candidates[peak_speed[candidates].argmax()])
+    picked = []
+    for lag in (lags.max(), lags.min()):
+        candidates = torch.nonzero(lags == lag).flatten()
+        picked.append(int(candidates[peak_speed[candidates].argmax()]))
+    index = torch.tensor(picked)
     with torch.no_grad():
         model.eval()
-        out = model({name: x[i : i + 1] for name, x in test.inputs.items()}, return_attention=True)
+        out = model({name: x[index] for name, x in test.inputs.items()}, return_attention=True)
     return {
-        "trial": i,
-        "lag": int(lags[i]),
-        "speed": trials.velocity[i].norm(dim=-1).tolist(),
-        "weights": {name: w[0].mean(0).numpy() for name, w in out.attention.items()},
+        "trials": picked,
+        "lags": [int(lags[i]) for i in picked],
+        "speed": [trials.velocity[i].norm(dim=-1).tolist() for i in picked],
+        "key_times": model.context_times(test.inputs[model.context].shape[1]).tolist(),
+        "weights": {name: w.mean(1).numpy() for name, w in out.attention.items()},  # (2, Tq, Nk)
     }
 
 
@@ -295,20 +309,26 @@ def _r2_figure(r2: dict[str, dict[int, list[float]]], jitters: tuple[int, ...]) 
 
 def _attention_figure(example: dict[str, Any]) -> bytes:
     layers = example["weights"]
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 4.0), squeeze=False)
-    speed = np.asarray(example["speed"])
-    for ax, (name, w) in zip(axes[0], layers.items(), strict=True):
-        ax.imshow(w.T, origin="lower", aspect="auto", cmap="magma")  # x: query (spike) bin, y: LFP bin
-        t = np.arange(w.shape[0])
-        ax.plot(t, t + example["lag"], "c--", lw=1, label=f"true lag ({example['lag']} bins)")
-        ax.plot(t, t, "w:", lw=0.8, label="no lag")
-        ax.fill_between(t, 0, speed / max(speed.max(), 1e-9) * 6, color="w", alpha=0.3, step="mid", label="speed")
-        ax.set_xlim(-0.5, w.shape[1] - 0.5)
-        ax.set_ylim(-0.5, w.shape[1] - 0.5)
-        ax.set_xlabel("spike bin (query)")
-        ax.set_ylabel("LFP bin (key)")
-        ax.set_title(f"cross-attention {name}, trial {example['trial']}")
-        ax.legend(fontsize=7, loc="upper left")
+    key_times = np.asarray(example["key_times"])
+    step = key_times[1] - key_times[0] if len(key_times) > 1 else 1.0
+    rows = len(example["trials"])
+    fig, axes = plt.subplots(rows, len(layers), figsize=(4.0 * len(layers), 3.6 * rows), squeeze=False)
+    for r in range(rows):
+        lag, speed = example["lags"][r], np.asarray(example["speed"][r])
+        t = np.arange(len(speed))
+        for ax, (name, w) in zip(axes[r], layers.items(), strict=True):
+            extent = (-0.5, len(speed) - 0.5, key_times[0] - step / 2, key_times[-1] + step / 2)
+            # x: spike (query) bin, y: LFP bin; column i of the image is query bin i
+            ax.imshow(w[r].T, origin="lower", aspect="auto", cmap="magma", extent=extent)
+            ax.plot(t, t + lag, "c--", lw=1.2, label=f"spike bin + true lag ({lag})")
+            ax.plot(t, t, "w:", lw=0.8, label="same bin")
+            ax.plot(t, speed / max(speed.max(), 1e-9) * 8, color="lime", lw=1, label="hand speed (scaled)")
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+            ax.set_xlabel("spike bin (query)")
+            ax.set_ylabel("LFP bin (key)")
+            ax.set_title(f"{name}, test trial {example['trials'][r]} (lag {lag})", fontsize=9)
+        axes[r, 0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return figure_png(fig)
 

@@ -41,6 +41,7 @@ class SequenceDecoderConfig:
     position_init: str = "sinusoidal"  # or "random", or "none" (no absolute position)
     context_position_init: str | None = None  # CrossSequenceDecoder's context stream; None = position_init
     kernel_size: int = 1  # bins each token embedding sees (odd; 1 = the bin alone)
+    context_stride: int = 1  # CrossSequenceDecoder: bins per context token (patches; 1 = one token per bin)
 
 
 @dataclass
@@ -54,9 +55,12 @@ class SequenceOutput:
     attention: dict[str, Tensor] | None = None
 
 
-def sinusoidal_positions(length: int, dim: int) -> Tensor:
-    """Sine/cosine position codes of Vaswani et al. (2017). Shapes: -> (length, dim)."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
+def sinusoidal_positions(length: int, dim: int, spacing: float = 1.0, offset: float = 0.0) -> Tensor:
+    """Sine/cosine position codes of Vaswani et al. (2017) at times ``offset + spacing * i``.
+
+    Shapes: -> (length, dim)
+    """
+    position = offset + spacing * torch.arange(length, dtype=torch.float32)[:, None]
     frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     codes = torch.zeros(length, dim)
     codes[:, 0::2] = torch.sin(position * frequency)
@@ -65,37 +69,61 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
 
 
 class BinEmbedding(nn.Module):
-    """Embedding of each time bin (a 1-D convolution over ``kernel_size`` bins) plus a position embedding.
+    """Embedding of time bins (a 1-D convolution) plus a learned position embedding.
 
-    ``kernel_size=1`` is a per-bin linear map; a wider kernel lets each token see its local waveform
-    (translation-equivariant, so it reads the same whatever the stream's lag). The learned position
-    table starts from the sinusoidal codes (the same for every stream: two streams begin on one
-    clock), from N(0, 0.02^2) with ``position_init="random"``, or is absent with ``"none"``.
-    Bins where ``mask`` is False are zeroed before the convolution so they leak into no neighbour.
+    ``stride=1``: one token per bin, seeing ``kernel_size`` bins (1 = the bin alone; wider kernels let a
+    token see its local waveform, translation-equivariantly, whatever the stream's lag).
+    ``stride=s > 1``: one token per patch of ``s`` bins (Nie et al., 2023, PatchTST), seeing the patch
+    plus ``(kernel_size - 1) / 2`` bins each side; T is right-padded to a multiple of s.
+    The position table starts from the sinusoidal codes at each token's centre time in bins (the same
+    clock for every stream and stride), from N(0, 0.02^2) with ``position_init="random"``, or is absent
+    with ``"none"``. Bins where ``mask`` is False are zeroed first so they leak into no neighbour; a patch
+    is valid if any of its bins is.
 
-    Shapes: x: (B, T, D_in)  mask: (B, T) bool or None  ->  (B, T, dim)
+    Shapes: x: (B, T, D_in)  mask: (B, T) bool or None  ->  (B, ceil(T / s), dim), mask (B, ceil(T / s)) or None
     """
 
     def __init__(
-        self, in_dim: int, dim: int, max_len: int, position_init: str = "sinusoidal", kernel_size: int = 1
+        self,
+        in_dim: int,
+        dim: int,
+        max_len: int,
+        position_init: str = "sinusoidal",
+        kernel_size: int = 1,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         if position_init not in ("sinusoidal", "random", "none"):
             raise ValueError(f"position_init: expected 'sinusoidal', 'random' or 'none', got {position_init!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd integer >= 1, got {kernel_size}")
-        self.proj = nn.Conv1d(in_dim, dim, kernel_size, padding=kernel_size // 2)
+        if stride < 1:
+            raise ValueError(f"stride: expected an integer >= 1, got {stride}")
+        self.stride = stride
+        width = stride + kernel_size - 1  # the patch plus (kernel_size - 1) / 2 bins each side
+        self.proj = nn.Conv1d(in_dim, dim, width, stride=stride, padding=(kernel_size - 1) // 2)
+        tokens = -(-max_len // stride)
         self.position: nn.Parameter | None = None
         if position_init == "sinusoidal":
-            self.position = nn.Parameter(sinusoidal_positions(max_len, dim))
+            self.position = nn.Parameter(sinusoidal_positions(tokens, dim, stride, (stride - 1) / 2))
         elif position_init == "random":
-            self.position = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+            self.position = nn.Parameter(torch.randn(tokens, dim) * 0.02)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def token_times(self, length: int) -> Tensor:
+        """Centre time (in bins) of each token for an input of ``length`` bins. Shapes: -> (ceil(length / s),)"""
+        return torch.arange(-(-length // self.stride), dtype=torch.float32) * self.stride + (self.stride - 1) / 2
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if mask is not None:
             x = x * mask[..., None]
+        pad = -x.shape[1] % self.stride
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+            mask = None if mask is None else torch.nn.functional.pad(mask, (0, pad), value=False)
         h = self.proj(x.transpose(1, 2)).transpose(1, 2)
-        return h if self.position is None else h + self.position[: x.shape[1]]
+        if mask is not None and self.stride > 1:
+            mask = mask.view(mask.shape[0], -1, self.stride).any(dim=-1)
+        return (h if self.position is None else h + self.position[: h.shape[1]]), mask
 
 
 def _check_inputs(
@@ -128,7 +156,8 @@ class CrossSequenceDecoder(nn.Module):
         num_outputs: K, values predicted per bin.
 
     Shapes: inputs {query: (B, T_q, D_q), context: (B, T_k, D_k)}, masks (B, T_m) bool or None
-    ->  prediction (B, T_q, K); with ``return_attention`` also {"layer i": (B, H, T_q, T_k)}.
+    ->  prediction (B, T_q, K); with ``return_attention`` also {"layer i": (B, H, T_q, N_k)}, where
+    N_k = ceil(T_k / config.context_stride) context tokens centred at `context_times` (bins).
     """
 
     def __init__(
@@ -145,7 +174,12 @@ class CrossSequenceDecoder(nn.Module):
         self.embed = nn.ModuleDict(
             {
                 name: BinEmbedding(
-                    dim, d, config.max_len, config.position_init if name == query else context_init, config.kernel_size
+                    dim,
+                    d,
+                    config.max_len,
+                    config.position_init if name == query else context_init,
+                    config.kernel_size,
+                    1 if name == query else config.context_stride,
                 )
                 for name, dim in dims.items()
             }
@@ -160,15 +194,19 @@ class CrossSequenceDecoder(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_outputs))
 
+    def context_times(self, length: int) -> Tensor:
+        """Centre (in context bins) of each context token for a context of ``length`` bins. Shapes: -> (N_k,)"""
+        return self.embed[self.context].token_times(length)
+
     def forward(
         self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None, return_attention: bool = False
     ) -> SequenceOutput:
         checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
         q_mask, c_mask = checked[self.query], checked[self.context]
-        context = self.embed[self.context](inputs[self.context], c_mask)
+        context, c_mask = self.embed[self.context](inputs[self.context], c_mask)
         for block in self.context_encoder:
             context = block(context, mask=c_mask)
-        x = self.embed[self.query](inputs[self.query], q_mask)
+        x, _ = self.embed[self.query](inputs[self.query], q_mask)
         attention: dict[str, Tensor] = {}
         for i, block in enumerate(self.layers):
             result = block(x, context, mask=q_mask, context_mask=c_mask, return_attention=return_attention)
@@ -214,7 +252,7 @@ class EarlySequenceDecoder(nn.Module):
         for m in checked.values():
             if m is not None:
                 mask = m if mask is None else mask & m
-        x = self.embed(torch.cat([inputs[name] for name in self.dims], dim=-1), mask)
+        x, _ = self.embed(torch.cat([inputs[name] for name in self.dims], dim=-1), mask)
         attention: dict[str, Tensor] = {}
         for i, block in enumerate(self.layers):
             result = block(x, mask=mask, return_attention=return_attention)
