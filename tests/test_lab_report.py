@@ -75,6 +75,7 @@ def test_report_metrics_on_an_oracle() -> None:
     assert metrics["bleu4"] == pytest.approx(100.0) and metrics["f1"] == 1.0 and metrics["exact"] == 1.0
     assert metrics["pointing"] == 1.0 and metrics["grounded_words"] >= len(studies)
     assert metrics["mass_in_box"] > metrics["box_share"]
+    assert 0.0 < report_generation.reworded_bleu(studies) < 100.0  # phrasing varies even for the same findings
     flat, _ = report_generation.evaluate_reports(words, uniform, studies)
     assert flat["f1"] == 1.0 and flat["mass_in_box"] == pytest.approx(flat["box_share"])
     # a report that drops its findings: recall 0, precision 1 (nothing false asserted)
