@@ -2,9 +2,9 @@
 
 Each image is first standardised (zero mean, unit variance per image; ``standardize=False`` skips
 it), so overall brightness and contrast need not be learned. A strided convolution cuts it into
-``P x P`` patches and embeds each one, a learned positional embedding marks where each patch sits, and pre-norm `SelfAttentionBlock`s let the
-patches look at each other. Patches are numbered row by row, so feature ``n`` belongs to grid cell
-``(n // gw, n % gw)``.
+``P x P`` patches and embeds each one, a learned positional embedding marks where each patch
+sits, and pre-norm `SelfAttentionBlock`s let the patches look at each other. Patches are numbered
+row by row, so feature ``n`` belongs to grid cell ``(n // gw, n % gw)``.
 
 Shapes: images: (B, C, H, W)  ->  patches: (B, N, D) with N = (H / P) * (W / P).
 """
