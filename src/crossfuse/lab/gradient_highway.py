@@ -149,6 +149,9 @@ def run(
     num_seeds: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Result:
+    """Measure encoder gradients of both decoders at initialisation and during training."""
+    if size not in PLANS:
+        raise ValueError(f"size: expected one of {sorted(PLANS)}, got {size!r}")
     started = time.perf_counter()
     say = progress or (lambda _: None)
     plan = PLANS[size]

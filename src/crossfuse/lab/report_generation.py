@@ -236,6 +236,9 @@ def run(
     num_seeds: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Result:
+    """Train a captioner per seed and score its held-out reports; see the module docstring."""
+    if size not in PLANS:
+        raise ValueError(f"size: expected one of {sorted(PLANS)}, got {size!r}")
     started = time.perf_counter()
     say = progress or (lambda _: None)
     plan = PLANS[size]
