@@ -11,12 +11,14 @@ Each trial is one reach on a fixed timeline of ``num_bins`` bins:
   (Georgopoulos et al., 1982; Moran & Schwartz, 1999).
 - LFP: ``num_channels`` channels, each a positive-weighted sum of the rates of an unrecorded local
   population (same tuning model, but to the *full* velocity), low-pass filtered with a zero-phase
-  Gaussian kernel, plus a ~beta-band oscillation (per-trial amplitude, per-channel phase) and white
-  noise.
+  Gaussian kernel, plus a mu/low-beta oscillation (12.5 Hz at 20 ms bins; per-trial amplitude and
+  phase, per-channel phase offset) and white noise.
 
 What each stream carries: the spikes encode the reach but not the corrective sub-movement; the LFP
-encodes both (blurred by the low-pass filter and buried in oscillatory noise). Decoding ``v`` therefore
-gains from fusion: ``v_corr`` is only in the LFP, the sharp timing of the reach is mostly in the spikes.
+encodes both (blurred by the low-pass filter, plus oscillatory and white noise). Decoding ``v`` therefore
+gains from fusion: ``v_corr`` is only in the LFP, the spikes add single-unit detail of the reach. With
+the defaults the LFP alone decodes ``v`` better than the spikes at zero lag (it is a smoothed rate of a
+larger population); the spikes define the clock on which ``v`` is decoded.
 
 Lag: the LFP of trial i is delayed by ``lags[i]`` bins (uniform on 0..max_lag) relative to the spikes
 and the velocity: ``lfp[i, t] = lfp_aligned[i, t - lags[i]]``. The lags use their own random stream,
@@ -56,7 +58,7 @@ class NeuralConfig:
     tuning_depth: tuple[float, float] = (1.0, 2.0)  # k: log-rate change per unit velocity
     speed_gain: tuple[float, float] = (0.0, 0.6)  # s: log-rate change per unit speed
     lfp_smoothing: float = 2.0  # std (bins) of the zero-phase Gaussian low-pass
-    oscillation_period: float = 4.0  # bins (12.5 Hz at 20 ms bins)
+    oscillation_period: float = 4.0  # bins (12.5 Hz, mu/low beta, at 20 ms bins)
     oscillation_amplitude: float = 0.6  # relative to the std of the signal part
     lfp_noise: float = 0.3  # white noise std relative to the std of the signal part
     max_supported_lag: int = 32  # the aligned LFP is generated this many bins before the window
