@@ -74,3 +74,28 @@ def test_standardized_dataset_uses_training_statistics() -> None:
 def test_build_decoder_rejects_unknown_strategy() -> None:
     with pytest.raises(ValueError, match="strategy"):
         jitter.build_decoder("late", {"spikes": 32, "lfp": 8}, 16)
+
+
+def test_lag_tracking_reads_a_perfect_lag_follower() -> None:
+    trials = make_neural_trials(40, 8, seed=2)
+    data = jitter.standardized_dataset(trials, 40)
+
+    class Follower(torch.nn.Module):
+        """Attention exactly on LFP bin t + lag (clipped), as an ideal realigning model would put it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.dims, self.context = {"spikes": 32, "lfp": 8}, "lfp"
+
+        def context_times(self, length: int) -> torch.Tensor:
+            return torch.arange(length, dtype=torch.float32)
+
+        def forward(self, inputs: dict, return_attention: bool = False) -> SequenceOutput:
+            n, t = inputs["spikes"].shape[:2]
+            target = (torch.arange(t)[None, :] + trials.lags[:, None]).clamp(max=t - 1)
+            weights = torch.nn.functional.one_hot(target, t).float()[:, None]  # (N, 1, T, T)
+            return SequenceOutput(torch.zeros(n, t, 2), {"layer 1": weights})
+
+    result = jitter.lag_tracking(Follower(), data, trials)["layer 1"]
+    assert result["slope"] == pytest.approx(1.0, abs=0.02)
+    assert result["correlation"] > 0.99
