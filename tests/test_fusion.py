@@ -290,3 +290,10 @@ def test_flatten_parameters_grow_with_length() -> None:
     small = build_fusion("flatten", {"a": ModalitySpec(3, 8), "b": ModalitySpec(3, 8)}, 2).num_parameters
     large = build_fusion("flatten", {"a": ModalitySpec(3, 16), "b": ModalitySpec(3, 16)}, 2).num_parameters
     assert large - small == FusionConfig().dim * 2 * 3 * 8
+
+
+@pytest.mark.parametrize("name", ["items", "keys", "training"])
+def test_modality_names_reserved_by_moduledict_are_refused_clearly(name: str) -> None:
+    specs = {name: ModalitySpec(4, 3), "other": ModalitySpec(4, 3)}
+    with pytest.raises(ValueError, match=rf"modalities: the name '{name}' is reserved"):
+        build_fusion("cross", specs, 2)

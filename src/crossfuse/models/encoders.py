@@ -129,6 +129,9 @@ class ConcatPoolHead(nn.Module):
         return logits, pooled, modality_logits
 
 
+_RESERVED_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
 def check_fusion_args(modalities: Any, num_outputs: Any, config: Any) -> None:
     """Validate what every strategy is built from; raise ValueError naming the argument.
 
@@ -140,6 +143,11 @@ def check_fusion_args(modalities: Any, num_outputs: Any, config: Any) -> None:
     for name, spec in modalities.items():
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"modalities: names must be non-empty strings without '.', got {name!r}")
+        if name in _RESERVED_NAMES:  # they would clash with nn.ModuleDict's own attributes
+            raise ValueError(
+                f"modalities: the name {name!r} is reserved by torch.nn.ModuleDict; rename that modality "
+                f"(e.g. {name + '_'!r})"
+            )
         dim, length = getattr(spec, "dim", None), getattr(spec, "length", "missing")
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"modalities[{name!r}]: expected ModalitySpec with a positive int dim, got {spec!r}")
