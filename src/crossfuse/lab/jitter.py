@@ -222,9 +222,12 @@ def run(
         f"{means['lfp'][j_max]:.3f}"
     )
     last = tracking.get(f"seed {seeds[0]}, J={j_max}", {})
-    if last:
-        best_layer = max(last, key=lambda name: last[name]["slope"] if math.isfinite(last[name]["slope"]) else -1e9)
-        measured += f"; attention offset vs lag at J={j_max}: slope {last[best_layer]['slope']:.2f} ({best_layer})"
+    if last:  # report the layer whose peak offset tracks the lag best
+        best = max(last, key=lambda name: np.nan_to_num(last[name]["correlation"], nan=-1.0))
+        measured += (
+            f"; attention peak offset vs lag at J={j_max} ({best}): slope {last[best]['slope']:.2f}, "
+            f"r = {last[best]['correlation']:.2f}"
+        )
     figures = {"r2_vs_jitter.png": _r2_figure(r2, plan.jitters)}
     if example:
         figures["attention_follows_lag.png"] = _attention_figure(example)
