@@ -69,6 +69,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     names = resolve_names([args.name] if getattr(args, "name", None) else args.only)
+    _set_threads(args.threads)
     started = time.monotonic()
     lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out)
     report = write_report(lab.out)
@@ -99,6 +100,12 @@ def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--seeds", type=int, default=default(None), help="seeds per experiment (default: by size)")
     parser.add_argument("--seed", type=int, default=default(0), help="first seed")
     parser.add_argument("--out", default=default(None), help="new or empty directory (default runs/lab-<time>)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default(1),
+        help="torch CPU threads (default 1: the lab's models are small, and more threads on a busy CPU slow them down)",
+    )
 
 
 def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
