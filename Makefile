@@ -27,12 +27,12 @@ browser:
 		|| echo "make browser: could not install chromium (needs root and apt); the browser test will be skipped"
 
 test: $(STAMP) browser
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
