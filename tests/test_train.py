@@ -322,3 +322,23 @@ def test_regression_metrics_analytic() -> None:
     mean = regression_metrics(torch.full_like(y, 3.0), y)
     assert mean["r2"] == pytest.approx(0.0) and mean["mse"] == pytest.approx((4 + 1 + 0 + 9) / 4)
     assert math.isclose(regression_metrics(y + 1, y)["mse"], 1.0)
+
+
+def test_sgd_option_builds_sgd_with_momentum_and_trains() -> None:
+    from crossfuse.train import make_optimizer
+
+    config = TrainConfig(**{**CONFIG.__dict__, "optimizer": "sgd", "lr": 0.05})
+    optimizer = make_optimizer(tiny(), config)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
+    model = tiny()
+    result = fit(model, TRAIN, VAL, config)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]  # it learns
+    adam = tiny()
+    fit(adam, TRAIN, VAL, CONFIG)
+    assert any(not torch.equal(a, b) for a, b in zip(weights(model).values(), weights(adam).values(), strict=True))
+
+
+def test_unknown_optimizer_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"config.optimizer: expected one of \['adamw', 'sgd'\], got 'lion'"):
+        fit(tiny(), TRAIN, VAL, TrainConfig(optimizer="lion"))

@@ -79,6 +79,17 @@ class TrainConfig:
     balance_alpha: float = 0.5
     monitor_gradients: bool = False
     checkpoint_every_steps: int | None = None
+    optimizer: str = "adamw"  # "adamw" | "sgd" (momentum 0.9, as OGM-GE was proposed with)
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with momentum 0.9; both with ``config.weight_decay``."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 # Fields that may differ between an interrupted run and its resumption (they do not change the numbers).
@@ -89,6 +100,8 @@ def check_config(config: TrainConfig) -> None:
     """ValueError naming the first field of ``config`` that is out of range."""
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer: expected one of {list(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.task not in TASKS:
         raise ValueError(f"config.task: expected one of {list(TASKS)}, got {config.task!r}")
     for name, minimum in (("epochs", 0), ("batch_size", 1)):
@@ -560,7 +573,7 @@ def _fit(
     model.to(config.device)
     order = EpochBatches(len(train_data), config.batch_size, config.seed, world.rank, world.world_size)
     val_loader = None if val_data is None else make_loader(val_data, max(256, config.batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     total = config.epochs * order.per_epoch
     warmup = max(1, int(config.warmup_fraction * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
