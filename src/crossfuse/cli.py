@@ -218,6 +218,7 @@ def _train_config(args: argparse.Namespace, task: str, seed: int, progress: bool
         balance_alpha=getattr(args, "balance_alpha", 0.5),
         monitor_gradients=getattr(args, "monitor_gradients", False),
         checkpoint_every_steps=getattr(args, "checkpoint_every", None),
+        optimizer=getattr(args, "optimizer", "adamw"),
     )
 
 
@@ -456,6 +457,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--force", action="store_true", help="delete an existing run in --out first")
     train.add_argument("--balance", choices=["none", "ogm-ge", "aux"], default="none")
     train.add_argument("--balance-alpha", type=float, default=0.5)
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9")
     train.add_argument("--monitor-gradients", action="store_true", help="record per-modality gradient norms")
     train.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
