@@ -68,7 +68,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
-    names = resolve_names([args.name] if getattr(args, "name", None) else args.only)
+    one = getattr(args, "name", None)
+    names = resolve_names([one], "NAME") if one else resolve_names(args.only)
     _set_threads(args.threads)
     started = time.monotonic()
     lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out)
@@ -565,7 +566,11 @@ def _add_caption_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="crossfuse", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="crossfuse",
+        description="Multimodal fusion with cross-attention: train and compare fusion strategies on your data, "
+        "caption images, and run the lab.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("attention-demo", help="attention of a word over a toy image, printed and saved")

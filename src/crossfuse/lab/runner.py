@@ -419,18 +419,20 @@ def run_experiment(
     return record
 
 
-def resolve_names(only: str | Sequence[str] | None) -> list[str]:
-    """Experiment names to run, in registry order for None; ``only`` may be "a,b" or a list."""
+def resolve_names(only: str | Sequence[str] | None, argument: str = "--only") -> list[str]:
+    """Experiment names to run, in registry order for None; ``only`` may be "a,b" or a list.
+
+    ``argument`` names the option the names came from in error messages."""
     known = list(lab_result.EXPERIMENTS)
     if only is None:
         return known
     parts = only.split(",") if isinstance(only, str) else list(only)
     names = [p.strip() for p in parts if p.strip()]
     if not names:
-        raise ValueError(f"--only: expected experiment names separated by commas, got {only!r}")
+        raise ValueError(f"{argument}: expected experiment names separated by commas, got {only!r}")
     unknown = [n for n in names if n not in lab_result.EXPERIMENTS]
     if unknown:
-        raise ValueError(f"--only: unknown experiment(s) {unknown}; expected names from {known}")
+        raise ValueError(f"{argument}: unknown experiment(s) {unknown}; expected names from {known}")
     return list(dict.fromkeys(names))
 
 
