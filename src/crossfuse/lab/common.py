@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+from typing import Any
 
 import matplotlib
 
@@ -40,3 +42,16 @@ def verdict(passed: bool, enough_data: bool = True) -> Verdict:
     if not enough_data:
         return "inconclusive"
     return "supported" if passed else "not supported"
+
+
+def jsonable(value: Any) -> Any:
+    """Nested dicts/lists of numbers made JSON-safe: numpy scalars to Python, NaN/inf to None, keys to str."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from crossfuse import theory
 from crossfuse.attention import CrossAttention
 from crossfuse.data.dataset import MultimodalDataset
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
+from crossfuse.lab.common import figure_png, jsonable, mean_std, seeds_for, verdict
 from crossfuse.lab.result import Result, Size, Table
 from crossfuse.train import TrainConfig, fit, make_loader
 
@@ -298,7 +298,7 @@ def run(
         measured=measured,
         tables=tables,
         figures=figures,
-        raw=_jsonable(raw),
+        raw=jsonable(raw),
         wall_time_s=time.time() - start,
         size=size,
         seeds=seeds,
@@ -472,14 +472,3 @@ def _trained_figure(trained: dict[str, Any]) -> bytes:
     fig.tight_layout()
     return figure_png(fig)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

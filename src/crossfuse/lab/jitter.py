@@ -17,7 +17,6 @@ R^2 is pooled over every test bin and averaged over the two velocity components.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.neural import NeuralTrials, make_neural_trials
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
+from crossfuse.lab.common import figure_png, jsonable, mean_std, seeds_for, verdict
 from crossfuse.lab.result import Result, Size, Table
 from crossfuse.models.sequence_decoder import CrossSequenceDecoder, EarlySequenceDecoder, SequenceDecoderConfig
 from crossfuse.train import TrainConfig, fit, make_loader, regression_metrics
@@ -255,7 +254,7 @@ def run(
         measured=measured,
         tables=[table, tracking_table],
         figures=figures,
-        raw=_jsonable(raw),
+        raw=jsonable(raw),
         wall_time_s=time.time() - start,
         size=size,
         seeds=seeds,
@@ -339,14 +338,3 @@ def _attention_figure(example: dict[str, Any]) -> bytes:
     fig.tight_layout()
     return figure_png(fig)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
