@@ -471,4 +471,3 @@ def _trained_figure(trained: dict[str, Any]) -> bytes:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return figure_png(fig)
-

@@ -337,4 +337,3 @@ def _attention_figure(example: dict[str, Any]) -> bytes:
         axes[r, 0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return figure_png(fig)
-
