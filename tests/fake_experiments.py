@@ -12,6 +12,7 @@ import types
 import zlib
 from base64 import b64encode
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -99,26 +100,36 @@ def ok_result(size: str = "quick", seed: int = 0, extras: dict[str, Any] | None 
     )
 
 
-def run_ok(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Result:
+@dataclass(frozen=True)
+class FakePlan:
+    """The fakes' plan: what the runner reads (seeds, expected_s) plus the size, so results can echo it."""
+
+    seeds: int
+    expected_s: float | None
+    size: str
+
+
+FAKE_PLANS = {size: FakePlan(2, 1.0, size) for size in ("smoke", "quick", "full")}
+
+
+def run_ok(plan: FakePlan, seeds: list[int], progress: Any) -> Result:
     for stage in ("making data", "training cross, seed 1/2", "training cross, seed 2/2"):
-        if progress is not None:
-            progress(stage)
+        progress(stage)
     print("stdout line from ok")
     print("stderr line from ok", file=sys.stderr)
-    return ok_result(size, seed)
+    return ok_result(plan.size, seeds[0])
 
 
-def run_boom(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Result:
-    if progress is not None:
-        progress("about to fail")
+def run_boom(plan: FakePlan, seeds: list[int], progress: Any) -> Result:
+    progress("about to fail")
     raise RuntimeError("boom: the fake experiment failed on purpose")
 
 
-def run_not_a_result(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Any:
+def run_not_a_result(plan: FakePlan, seeds: list[int], progress: Any) -> Any:
     return {"verdict": "supported"}
 
 
-def run_interrupt(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Result:
+def run_interrupt(plan: FakePlan, seeds: list[int], progress: Any) -> Result:
     raise KeyboardInterrupt
 
 
@@ -142,19 +153,19 @@ def evil_result(size: str = "quick", seed: int = 0) -> Result:
     )
 
 
-def run_evil(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Result:
-    if progress is not None:
-        progress(EVIL)
-    return evil_result(size, seed)
+def run_evil(plan: FakePlan, seeds: list[int], progress: Any) -> Result:
+    progress(EVIL)
+    return evil_result(plan.size, seeds[0])
 
 
-def run_explorer(size: str = "quick", seed: int = 0, num_seeds: int | None = None, progress: Any = None) -> Result:
-    return ok_result(size, seed, extras={"explorer": explorer_data()})
+def run_explorer(plan: FakePlan, seeds: list[int], progress: Any) -> Result:
+    return ok_result(plan.size, seeds[0], extras={"explorer": explorer_data()})
 
 
 def make_module(name: str, run: RunFn, claim: str = "fake claim") -> types.ModuleType:
     module = types.ModuleType(name)
     module.CLAIM, module.CRITERION, module.run = claim, "fake criterion", run  # type: ignore[attr-defined]
+    module.PRECONDITION, module.PLANS = "fake precondition", FAKE_PLANS  # type: ignore[attr-defined]
     return module
 
 

@@ -49,7 +49,7 @@ def test_fusion_flops_equal_flop_counter(strategy: str, config: FusionConfig) ->
 @pytest.mark.parametrize("strategy", needle.STRATEGIES)
 def test_needle_models_flops_per_example(strategy: str) -> None:
     """The FLOPs the needle experiment reports, on the exact models it trains (quick widths)."""
-    budget = needle.BUDGETS["quick"]
+    budget = needle.PLANS["quick"]
     for n in (16, 64):
         model = needle.build_model(strategy, n, budget)
         inputs = {"query": torch.randn(1, 1, needle.DATA.key_dim), "source": torch.randn(1, n, needle.DATA.item_dim)}
@@ -57,7 +57,7 @@ def test_needle_models_flops_per_example(strategy: str) -> None:
 
 
 def test_both_costs_grow_linearly_in_n() -> None:
-    budget = needle.BUDGETS["quick"]
+    budget = needle.PLANS["quick"]
     for strategy in needle.STRATEGIES:
         f = [needle.flops_per_example(strategy, n, budget) for n in (16, 32, 48)]
         assert f[2] - f[1] == f[1] - f[0] > 0  # one fusion layer, one query token: linear in n

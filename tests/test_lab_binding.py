@@ -7,7 +7,7 @@ import torch
 
 from crossfuse.data.scenes import HELD_OUT, binding_splits
 from crossfuse.lab import binding
-from crossfuse.lab.result import Result
+from crossfuse.lab.result import Result, run_experiment
 from crossfuse.report.explorer import example_problems
 
 
@@ -28,7 +28,7 @@ def test_subsets_follow_their_definitions() -> None:
 
 
 def test_models_share_the_interface_and_cross_reads_text_first() -> None:
-    budget = binding.BUDGETS["smoke"]
+    budget = binding.PLANS["smoke"]
     _, test = binding_splits(4, 3, seed=0)
     batch = test.dataset(binding.PATCH).subset(torch.arange(3))
     for strategy in binding.STRATEGIES:
@@ -39,14 +39,9 @@ def test_models_share_the_interface_and_cross_reads_text_first() -> None:
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, budget.num_heads, 5))
 
 
-def test_bad_size() -> None:
-    with pytest.raises(ValueError, match="size"):
-        binding.run("medium")
-
-
 def test_smoke_run_gives_a_complete_record() -> None:
     stages: list[str] = []
-    result = binding.run("smoke", seed=2, progress=stages.append)
+    result = run_experiment(binding, "smoke", 2, progress=stages.append)
     assert isinstance(result, Result) and result.name == "binding"
     assert result.claim == binding.CLAIM and result.criterion == binding.CRITERION
     assert result.verdict == "inconclusive" and result.size == "smoke" and result.seeds == [2]

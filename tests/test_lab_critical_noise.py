@@ -11,13 +11,13 @@ import torch
 
 from crossfuse import theory
 from crossfuse.lab import critical_noise
-from crossfuse.lab.result import Result, load_experiment
+from crossfuse.lab.result import Result, load_experiment, run_experiment
 
 
 @pytest.fixture(scope="module")
 def smoke() -> Result:
     stages: list[str] = []
-    result = critical_noise.run("smoke", seed=0, progress=stages.append)
+    result = run_experiment(critical_noise, "smoke", 0, progress=stages.append)
     result.raw["_stages"] = stages
     return result
 
@@ -80,8 +80,3 @@ def test_matched_filter_theory_matches_numpy_simulation() -> None:
     simulated = (scores.argmax(1) == 0).mean()
     norms = np.linalg.norm(rng.standard_normal((400, d)), axis=1)
     assert critical_noise.matched_filter_accuracy(norms, sigma) == pytest.approx(simulated, abs=0.02)
-
-
-def test_bad_size() -> None:
-    with pytest.raises(ValueError, match="size"):
-        critical_noise.run("huge")

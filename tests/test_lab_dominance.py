@@ -9,7 +9,7 @@ import torch
 
 from crossfuse.data.dominance import dominance_splits
 from crossfuse.lab import dominance as experiment
-from crossfuse.lab import load_experiment
+from crossfuse.lab.result import run_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def one_thread():
 
 def test_smoke_run_returns_a_complete_inconclusive_result():
     stages: list[str] = []
-    result = load_experiment("dominance").run(size="smoke", seed=4, progress=stages.append)
+    result = run_experiment("dominance", "smoke", 4, progress=stages.append)
     assert result.name == "dominance" and result.size == "smoke" and result.seeds == [4]
     assert result.verdict == "inconclusive"
     assert result.claim == experiment.CLAIM and result.criterion == experiment.CRITERION
@@ -68,8 +68,3 @@ def test_masking_the_easy_modality_leaves_only_the_hard_contribution():
     torch.testing.assert_close(out.modality_logits["easy"], bias.expand_as(out.logits))
     conditions = experiment.accuracy_conditions(model, test, seed=0)
     assert set(conditions) == {"multimodal", "easy masked", "easy corrupted", "easy misleading"}
-
-
-def test_bad_size_is_rejected():
-    with pytest.raises(ValueError, match="size"):
-        experiment.run(size="huge")

@@ -9,7 +9,7 @@ import torch
 
 from crossfuse.data.neural import make_neural_trials
 from crossfuse.lab import jitter
-from crossfuse.lab.result import Result, load_experiment
+from crossfuse.lab.result import Result, load_experiment, run_experiment
 from crossfuse.models.sequence_decoder import SequenceOutput
 from crossfuse.train import make_loader
 
@@ -17,7 +17,7 @@ from crossfuse.train import make_loader
 @pytest.fixture(scope="module")
 def smoke() -> Result:
     stages: list[str] = []
-    result = jitter.run("smoke", seed=0, progress=stages.append)
+    result = run_experiment(jitter, "smoke", 0, progress=stages.append)
     result.raw["_stages"] = stages
     return result
 

@@ -7,7 +7,7 @@ import torch
 
 from crossfuse.data.needle import NeedleConfig, generate_needle
 from crossfuse.lab import needle
-from crossfuse.lab.result import Result
+from crossfuse.lab.result import Result, run_experiment
 
 
 def test_generator_is_seeded() -> None:
@@ -38,7 +38,7 @@ def test_default_noise_keeps_the_needle_findable() -> None:
 
 
 def test_parameters_cross_constant_flatten_grows_as_its_formula() -> None:
-    budget = needle.BUDGETS["quick"]
+    budget = needle.PLANS["quick"]
     dim, c = budget.dim, needle.DATA.num_classes
     cross = {n: needle.build_model("cross", n, budget).num_parameters for n in (16, 256)}
     assert cross[16] == cross[256]
@@ -51,24 +51,22 @@ def test_parameters_cross_constant_flatten_grows_as_its_formula() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n_items"):
         generate_needle(4, 0, seed=0)
-    with pytest.raises(ValueError, match="size"):
-        needle.run("huge")
 
 
 def test_smoke_run_gives_a_complete_record() -> None:
     stages: list[str] = []
-    result = needle.run("smoke", seed=3, progress=stages.append)
+    result = run_experiment(needle, "smoke", 3, progress=stages.append)
     assert isinstance(result, Result) and result.name == "needle"
     assert result.claim == needle.CLAIM and result.criterion == needle.CRITERION
     assert result.verdict == "inconclusive" and result.size == "smoke" and result.seeds == [3]
     assert "cross" in result.measured and result.wall_time_s > 0
     assert any("training cross" in s for s in stages) and any("training flatten" in s for s in stages)
     table = result.tables[0]
-    assert [row[0] for row in table.rows] == list(needle.BUDGETS["smoke"].sizes)
+    assert [row[0] for row in table.rows] == list(needle.PLANS["smoke"].sizes)
     assert all(len(row) == len(table.columns) for row in table.rows)
     assert result.figures and all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result.figures.values())
     raw = json.loads(json.dumps(result.raw))
     for variant in ("flatten", "cross", "cross (scratch)"):
-        for n in needle.BUDGETS["smoke"].sizes:
+        for n in needle.PLANS["smoke"].sizes:
             assert 0.0 <= raw["accuracy"][variant][str(n)][0] <= 1.0
     assert raw["flops_per_example"]["cross"]["16"] > raw["flops_per_example"]["cross"]["8"]

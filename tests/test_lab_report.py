@@ -10,7 +10,7 @@ from crossfuse.data.radiographs import generate_studies, tokenize
 from crossfuse.lab import gradient_highway, report_generation
 from crossfuse.lab.gradient_highway import EncoderGradientRecorder, layer_gradient_norms
 from crossfuse.lab.grounding import FINDING_WORDS
-from crossfuse.lab.result import Result, load_experiment
+from crossfuse.lab.result import Result, run_experiment
 from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,7 @@ def check_result(result: Result, name: str) -> None:
 
 def test_report_smoke_run_and_explorer_schema() -> None:
     stages: list[str] = []
-    result = load_experiment("report").run("smoke", seed=3, progress=stages.append)
+    result = run_experiment("report", "smoke", 3, progress=stages.append)
     check_result(result, "report")
     assert result.seeds == [3] and any("training" in s for s in stages)
     explorer = result.extras["explorer"]
@@ -85,7 +85,7 @@ def test_report_metrics_on_an_oracle() -> None:
 
 
 def test_gradient_highway_smoke_run() -> None:
-    result = load_experiment("gradient_highway").run("smoke", seed=1)
+    result = run_experiment("gradient_highway", "smoke", 1)
     check_result(result, "gradient_highway")
     raw = result.raw
     assert set(raw["median"]) == {"cross", "pooled"} and set(raw["median"]["cross"]) == {"embed", "block 1", "block 2"}
@@ -111,4 +111,4 @@ def test_layer_gradient_norms_match_autograd() -> None:
     recorder = EncoderGradientRecorder(pad_id=0)
     recorder.after_backward(model, batch, output, step=0)
     assert recorder.step_record()["loss"] == pytest.approx(loss.item(), rel=1e-5)
-    assert gradient_highway.PLANS["quick"].init_seeds >= 3  # a median needs several seeds
+    assert gradient_highway.PLANS["quick"].seeds >= 3  # a median needs several seeds

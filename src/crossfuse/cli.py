@@ -491,7 +491,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_caption_train(args: argparse.Namespace) -> int:
     """Train the report captioner on generated chest films and save it as a run for `crossfuse caption`."""
     from crossfuse.data.radiographs import save_png
-    from crossfuse.lab.report_generation import train_report_model
+    from crossfuse.lab.report_generation import PLANS, train_report_model
     from crossfuse.models.captioner import save_captioner
 
     out = Path(args.out)
@@ -499,7 +499,7 @@ def cmd_caption_train(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--out: {str(out)!r} exists and is not empty; pass --force to overwrite")
     if args.samples < 0:
         raise ValueError(f"--samples: expected >= 0, got {args.samples}")
-    trained = train_report_model(args.size, args.seed, progress=lambda text: print(text, flush=True))
+    trained = train_report_model(PLANS[args.size], args.seed, progress=lambda text: print(text, flush=True))
     save_captioner(out, trained.model, trained.vocab)
     samples = out / "samples"
     samples.mkdir(exist_ok=True)

@@ -26,9 +26,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import matplotlib
 
@@ -41,14 +39,18 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data.scenes import HELD_OUT, BindingSet, SceneConfig, binding_splits, question_category
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
-from crossfuse.lab.result import Result, Table
+from crossfuse.lab.common import figure_png, mean_std, verdict
+from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
     "Answering 'is there a <color> <shape>?' needs the colour and the shape bound to the same object: "
     "text tokens that query the image patches through cross-attention get this right even on binding "
     "distractors (the colour and the shape both present, on different objects)."
+)
+PRECONDITION = (
+    "Binding is needed: no single image token carries an object's colour and shape together (objects straddle patch "
+    "boundaries), measured as the share of objects that lie inside one patch (must be 0)."
 )
 CRITERION = (
     "cross (text queries image patches) reaches >= 95% test accuracy on the binding distractors (asked colour "
@@ -73,9 +75,12 @@ SUBSET_LABELS = {
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Data and training budget of one size; identical for every strategy."""
+class Plan:
+    """Seeds, data and training budget of one size; identical for every strategy."""
 
+    seeds: int
+    expected_s: float | None
+    judged: bool
     n_train: int
     n_test: int
     epochs: int
@@ -86,12 +91,14 @@ class Budget:
     lr: float
 
 
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(n_train=128, n_test=64, epochs=1, dim=16, num_heads=2, num_layers=1, batch_size=32, lr=3e-3),
-    "quick": Budget(n_train=16000, n_test=2000, epochs=5, dim=64, num_heads=4, num_layers=1, batch_size=64, lr=3e-3),
-    "full": Budget(n_train=32000, n_test=4000, epochs=5, dim=64, num_heads=4, num_layers=1, batch_size=64, lr=3e-3),
+_MODEL = {"dim": 64, "num_heads": 4, "num_layers": 1, "batch_size": 64, "lr": 3e-3}
+PLANS: dict[Size, Plan] = {
+    "smoke": Plan(
+        1, 10.0, False, n_train=128, n_test=64, epochs=1, dim=16, num_heads=2, num_layers=1, batch_size=32, lr=3e-3
+    ),
+    "quick": Plan(1, 164.0, True, n_train=16000, n_test=2000, epochs=5, **_MODEL),
+    "full": Plan(3, None, True, n_train=32000, n_test=4000, epochs=5, **_MODEL),
 }
-DEFAULT_SEEDS = {"smoke": 1, "quick": 1, "full": 3}
 SCENES = SceneConfig()
 ATTENDING = ("cross", "bicross")
 """Strategies whose text tokens attend to the image alone ("text->image" weights sum to 1 over patches)."""
@@ -104,7 +111,7 @@ def modalities() -> dict[str, ModalitySpec]:
     return {"text": ModalitySpec(dim=12, length=5), "image": ModalitySpec(dim=PATCH * PATCH * 3, length=16)}
 
 
-def build_model(strategy: str, budget: Budget) -> FusionModel:
+def build_model(strategy: str, budget: Plan) -> FusionModel:
     """A binding model: width/depth from ``budget``, per-modality encoders without extra self-attention."""
     config = FusionConfig(
         dim=budget.dim, num_heads=budget.num_heads, num_layers=budget.num_layers, encoder_layers=0, mlp_ratio=2.0
@@ -289,19 +296,9 @@ def explorer_examples(data: BindingSet, index: list[int], weights: torch.Tensor,
     return {"kind": "binding", "examples": examples}
 
 
-def run(
-    size: Literal["smoke", "quick", "full"] = "quick",
-    seed: int = 0,
-    num_seeds: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Result:
+def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Train every strategy on the same scenes per seed; report accuracy by subset, parameters, time."""
-    if size not in BUDGETS:
-        raise ValueError(f"size: expected one of {list(BUDGETS)}, got {size!r}")
-    say = progress or (lambda _: None)
-    budget = BUDGETS[size]
-    seeds = seeds_for(size, seed, num_seeds, DEFAULT_SEEDS)
-    start = time.perf_counter()
+    say, budget = progress, plan
     accuracy = {s: {k: [] for k in SUBSETS} for s in STRATEGIES}
     train_time = {s: [] for s in STRATEGIES}
     grounding = {s: {"seen": [], "held_out": []} for s in ATTENDING}
@@ -349,7 +346,7 @@ def run(
         for s in STRATEGIES
     ]
     table = Table(
-        title=f"Binding test accuracy, mean ± std over {len(seeds)} seed(s) (size {size})",
+        title=f"Binding test accuracy, mean ± std over {len(seeds)} seed(s)",
         columns=[
             "strategy",
             *(f"{SUBSET_LABELS[k]} (n={counts[k]})" for k in SUBSETS),
@@ -379,7 +376,7 @@ def run(
         name="binding",
         claim=CLAIM,
         criterion=CRITERION,
-        verdict=verdict(min(cross_no, cross_yes) >= THRESHOLD, enough_data=size != "smoke"),
+        verdict=verdict(min(cross_no, cross_yes) >= THRESHOLD, enough_data=plan.judged),
         measured=measured,
         tables=[table, attention_table],
         figures=figures,
@@ -394,8 +391,5 @@ def run(
             "train_time_s": train_time,
             "attention_on_asked_object": grounding,
         },
-        wall_time_s=time.perf_counter() - start,
-        size=size,
-        seeds=seeds,
         extras=extras,
     )

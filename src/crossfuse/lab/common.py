@@ -1,4 +1,4 @@
-"""Small pieces every lab experiment uses: seeds per size, mean ± std, figures as PNG bytes."""
+"""Small pieces every lab experiment uses: mean ± std, figures as PNG bytes, the verdict rule."""
 
 from __future__ import annotations
 
@@ -12,20 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from crossfuse.lab.result import Size, Verdict
-
-
-def seeds_for(size: Size, seed: int, num_seeds: int | None, defaults: dict[str, int]) -> list[int]:
-    """The seeds to run: ``num_seeds`` if given, else ``defaults[size]``, counting up from ``seed``."""
-    count = num_seeds if num_seeds is not None else defaults[size]
-    if count < 1:
-        raise ValueError(f"num_seeds: expected >= 1, got {count}")
-    return [seed + i for i in range(count)]
+from crossfuse.lab.result import Verdict
 
 
 def mean_std(values: list[float] | np.ndarray, digits: int = 3) -> str:
-    """``"0.912 ± 0.013"`` (std over seeds, ddof=0; a single value has std 0)."""
-    arr = np.asarray(values, dtype=float)
+    """``"0.912 ± 0.013"`` (std over seeds, ddof=0); one value is shown alone (``"0.912"``), no values as "-"."""
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size == 0:
+        return "-"
+    if arr.size == 1:
+        return f"{arr[0]:.{digits}f}"
     return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}"
 
 
@@ -37,9 +33,10 @@ def figure_png(fig: plt.Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def verdict(passed: bool, enough_data: bool = True) -> Verdict:
-    """``supported`` / ``not supported``, or ``inconclusive`` when the run was too small to judge."""
-    if not enough_data:
+def verdict(passed: bool, precondition_met: bool | None = True, enough_data: bool = True) -> Verdict:
+    """``supported`` / ``not supported``; ``inconclusive`` when the experiment's PRECONDITION failed (the claim
+    could not show at all) or the run was too small to judge (``enough_data`` False, e.g. size "smoke")."""
+    if not enough_data or precondition_met is False:
         return "inconclusive"
     return "supported" if passed else "not supported"
 

@@ -29,10 +29,9 @@ and on the test samples whose easy modality misleads.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +41,8 @@ from crossfuse.balance import OGMGE, GradientNormMonitor
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.dominance import DominanceConfig, DominanceSplit, dominance_splits
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
-from crossfuse.lab.result import Result, Table
+from crossfuse.lab.common import figure_png, mean_std, verdict
+from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.models.encoders import masked_mean
 from crossfuse.train import FitResult, TrainConfig, fit, predict
 
@@ -56,6 +55,10 @@ SHARE_THRESHOLD = 0.20
 SHARE_WINDOW = 20
 PROBE_GAIN = 0.05
 ACCURACY_TOLERANCE = 0.01
+PRECONDITION = (
+    "The hard modality is starved: without rebalancing, the hard encoder's linear-probe accuracy is at least 10 "
+    "points below that of a hard-only trained encoder."
+)
 CRITERION = (
     "Supported if, averaged over seeds, all three hold: (1) with no rebalancing the hard modality's gradient "
     f"share (its encoder gradient norm over the sum of both encoders', {SHARE_WINDOW}-step moving average of the "
@@ -72,17 +75,21 @@ ALPHA = 0.5
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
+    """Seeds, data and training budget of one size."""
+
+    seeds: int
+    expected_s: float | None
+    judged: bool
     n_train: int
     n_test: int
     epochs: int
-    seeds: int
 
 
-PLANS = {
-    "smoke": _Plan(n_train=192, n_test=128, epochs=1, seeds=1),
-    "quick": _Plan(n_train=2000, n_test=1000, epochs=10, seeds=3),
-    "full": _Plan(n_train=4000, n_test=2000, epochs=15, seeds=5),
+PLANS: dict[Size, Plan] = {
+    "smoke": Plan(1, 10.0, False, n_train=192, n_test=128, epochs=1),
+    "quick": Plan(3, 140.0, True, n_train=2000, n_test=1000, epochs=10),
+    "full": Plan(5, None, True, n_train=4000, n_test=2000, epochs=15),
 }
 FUSION = FusionConfig(dim=32, num_heads=2, num_layers=1, encoder_layers=1, mlp_ratio=2.0, direction="a->b")
 
@@ -193,19 +200,9 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def run(
-    size: Literal["smoke", "quick", "full"] = "quick",
-    seed: int = 0,
-    num_seeds: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Result:
+def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Train cross fusion with no rebalancing, OGM-GE and auxiliary losses on the dominance task."""
-    if size not in PLANS:
-        raise ValueError(f"size: expected one of {list(PLANS)}, got {size!r}")
-    say = progress or (lambda _text: None)
-    started = time.perf_counter()
-    plan = PLANS[size]
-    seeds = seeds_for(size, seed, num_seeds, {k: p.seeds for k, p in PLANS.items()})
+    say = progress
     data_config = DominanceConfig()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     init_probes: list[dict[str, float]] = []
@@ -232,7 +229,7 @@ def run(
                     "messages": fitted.messages,
                 }
             )
-    return _result(size, seeds, plan, runs, init_probes, time.perf_counter() - started)
+    return _result(seeds, plan, runs, init_probes)
 
 
 def _train(model: FusionModel, data: MultimodalDataset, method: str, epochs: int, seed: int) -> FitResult:
@@ -256,12 +253,10 @@ def _mean_curve(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], lis
 
 
 def _result(
-    size: str,
     seeds: list[int],
-    plan: _Plan,
+    plan: Plan,
     runs: dict[str, list[dict[str, Any]]],
     init_probes: list[dict[str, float]],
-    wall: float,
 ) -> Result:
     steps_per_epoch = -(-plan.n_train // 64)
     share = {m: _mean_curve(runs[m], lambda r: r["hard_share"]) for m in METHODS}
@@ -345,14 +340,11 @@ def _result(
         name="dominance",
         claim=CLAIM,
         criterion=CRITERION,
-        verdict=verdict(passed, enough_data=size != "smoke"),
+        verdict=verdict(passed, enough_data=plan.judged),
         measured=measured,
         tables=tables,
         figures=figures,
         raw=raw,
-        wall_time_s=wall,
-        size=size,  # type: ignore[arg-type]
-        seeds=seeds,
     )
 
 

@@ -18,10 +18,8 @@ clipping), with the loss curves.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import matplotlib
 
@@ -33,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossfuse.data.radiographs import RadiographDataset, Vocabulary, generate_studies, max_report_length
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
-from crossfuse.lab.result import Result, Table
+from crossfuse.lab.common import figure_png, mean_std, verdict
+from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
 from crossfuse.train import TrainConfig, fit
 
@@ -44,6 +42,10 @@ CLAIM = (
     "mean-pooled image vector."
 )
 RATIO_THRESHOLD = 2.0
+PRECONDITION = (
+    "Attention has left uniformity: where routing is measured, the decoder's cross-attention over patches is "
+    "measurably peaked (normalised entropy below 0.95), otherwise its value path is mean pooling by construction."
+)
 CRITERION = (
     f"Supported if the median over seeds (at initialisation, same weights and batch for both) of the gradient norm of "
     f"encoder block 1's parameters with the cross-attention decoder is >= {RATIO_THRESHOLD}x the same median with the "
@@ -54,10 +56,12 @@ _MEMORY = {"cross": "patches", "pooled": "pooled"}
 
 
 @dataclass(frozen=True)
-class HighwayPlan:
-    """Seeds and budget of one size; identical for both decoders."""
+class Plan:
+    """Seeds and budget of one size; identical for both decoders (``seeds``: seeds probed at initialisation)."""
 
-    init_seeds: int
+    seeds: int
+    expected_s: float | None
+    judged: bool
     train_seeds: int
     n_train: int
     epochs: int
@@ -68,10 +72,10 @@ class HighwayPlan:
     decoder_layers: int = 2
 
 
-PLANS: dict[str, HighwayPlan] = {
-    "smoke": HighwayPlan(init_seeds=2, train_seeds=1, n_train=64, epochs=1, dim=32),
-    "quick": HighwayPlan(init_seeds=10, train_seeds=1, n_train=1024, epochs=6),
-    "full": HighwayPlan(init_seeds=20, train_seeds=3, n_train=4000, epochs=10),
+PLANS: dict[Size, Plan] = {
+    "smoke": Plan(2, 10.0, False, train_seeds=1, n_train=64, epochs=1, dim=32),
+    "quick": Plan(10, 49.0, True, train_seeds=1, n_train=1024, epochs=6),
+    "full": Plan(20, None, True, train_seeds=3, n_train=4000, epochs=10),
 }
 
 
@@ -125,7 +129,7 @@ def _initial_gradients(model: Captioner, batch: dict[str, torch.Tensor], pad_id:
     return layer_gradient_norms(model), float(mean_cosine)
 
 
-def _models(plan: HighwayPlan, vocab_size: int, max_len: int, seed: int) -> dict[str, Captioner]:
+def _models(plan: Plan, vocab_size: int, max_len: int, seed: int) -> dict[str, Captioner]:
     """Both captioners with identical initial weights (the pooled memory adds no parameter)."""
     models = {}
     for name in DECODERS:
@@ -143,22 +147,12 @@ def _models(plan: HighwayPlan, vocab_size: int, max_len: int, seed: int) -> dict
     return models
 
 
-def run(
-    size: Literal["smoke", "quick", "full"] = "quick",
-    seed: int = 0,
-    num_seeds: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Result:
+def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Measure encoder gradients of both decoders at initialisation and during training."""
-    if size not in PLANS:
-        raise ValueError(f"size: expected one of {sorted(PLANS)}, got {size!r}")
-    started = time.perf_counter()
-    say = progress or (lambda _: None)
-    plan = PLANS[size]
-    seeds = seeds_for(size, seed, num_seeds, {k: p.init_seeds for k, p in PLANS.items()})
+    say = progress
     train_seeds = seeds[: min(plan.train_seeds, len(seeds))]
     say(f"generating {plan.n_train} studies")
-    studies = generate_studies(plan.n_train, seed=2000 + seed)
+    studies = generate_studies(plan.n_train, seed=2000 + seeds[0])
     vocab = Vocabulary.build([s.report for s in studies])
     max_len = max_report_length(studies)
     data = RadiographDataset(studies, vocab, max_len)
@@ -232,7 +226,7 @@ def run(
         name="gradient_highway",
         claim=CLAIM,
         criterion=CRITERION,
-        verdict=verdict(ratio >= RATIO_THRESHOLD, enough_data=size != "smoke"),
+        verdict=verdict(ratio >= RATIO_THRESHOLD, enough_data=plan.judged),
         measured=measured,
         tables=tables,
         figures={
@@ -248,9 +242,6 @@ def run(
             "curves": curves,
             "plan": plan.__dict__,
         },
-        wall_time_s=time.perf_counter() - started,
-        size=size,
-        seeds=seeds,
     )
 
 

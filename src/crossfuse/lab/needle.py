@@ -23,9 +23,7 @@ FLOPs per example come from the analytic counts of `crossfuse.flops` (matrix pro
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import matplotlib
 
@@ -38,8 +36,8 @@ from torch.utils.data import DataLoader
 from crossfuse.data.needle import NeedleConfig, NeedleSet, generate_needle
 from crossfuse.flops import fusion_flops
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
-from crossfuse.lab.common import figure_png, mean_std, seeds_for, verdict
-from crossfuse.lab.result import Result, Table
+from crossfuse.lab.common import figure_png, mean_std, verdict
+from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
@@ -52,6 +50,11 @@ CRITERION = (
     "(means over seeds), cross trained with the size curriculum of this module's protocol; flatten, cross "
     "zero-shot from the previous n and (full size) cross from scratch are reported as measured."
 )
+PRECONDITION = (
+    "The task is solvable from the inputs at every n: the nearest-key rule (the item whose key is closest to the "
+    "query's, read off without learning) reaches test accuracy >= 0.9 at every haystack size."
+)
+ORACLE_MINIMUM = 0.9
 TOLERANCE = 0.02
 STRATEGIES = ("flatten", "cross")
 VARIANTS = ("flatten", "cross", "cross (zero-shot)", "cross (scratch)")
@@ -60,9 +63,12 @@ MAX_ITEMS = 1024
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Haystack sizes, data and training budget of one size (epochs: per haystack size, see the protocol)."""
+class Plan:
+    """Seeds, haystack sizes, data and training budget of one size (epochs: per haystack size, see the protocol)."""
 
+    seeds: int
+    expected_s: float | None
+    judged: bool
     sizes: tuple[int, ...]
     n_train: int
     n_test: int
@@ -74,14 +80,38 @@ class Budget:
     scratch: bool = False
 
 
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        sizes=(8, 16), n_train=96, n_test=64, epochs=1, dim=16, num_heads=2, batch_size=32, lr=3e-3, scratch=True
+PLANS: dict[Size, Plan] = {
+    "smoke": Plan(
+        1,
+        10.0,
+        False,
+        sizes=(8, 16),
+        n_train=96,
+        n_test=64,
+        epochs=1,
+        dim=16,
+        num_heads=2,
+        batch_size=32,
+        lr=3e-3,
+        scratch=True,
     ),
-    "quick": Budget(
-        sizes=(16, 64, 256), n_train=4000, n_test=1000, epochs=5, dim=64, num_heads=4, batch_size=64, lr=3e-3
+    "quick": Plan(
+        2,
+        109.0,
+        True,
+        sizes=(16, 64, 256),
+        n_train=4000,
+        n_test=1000,
+        epochs=5,
+        dim=64,
+        num_heads=4,
+        batch_size=64,
+        lr=3e-3,
     ),
-    "full": Budget(
+    "full": Plan(
+        3,
+        None,
+        True,
         sizes=(16, 64, 256, 1024),
         n_train=4000,
         n_test=2000,
@@ -93,11 +123,10 @@ BUDGETS: dict[str, Budget] = {
         scratch=True,
     ),
 }
-DEFAULT_SEEDS = {"smoke": 1, "quick": 2, "full": 3}
 DATA = NeedleConfig()
 
 
-def fusion_config(budget: Budget) -> FusionConfig:
+def fusion_config(budget: Plan) -> FusionConfig:
     """One fusion layer, no extra self-attention in the encoders (the items need no context of each other)."""
     return FusionConfig(dim=budget.dim, num_heads=budget.num_heads, num_layers=1, encoder_layers=0, mlp_ratio=2.0)
 
@@ -108,14 +137,14 @@ def modalities(strategy: str, n_items: int) -> dict[str, ModalitySpec]:
     return {"query": ModalitySpec(DATA.key_dim, 1), "source": ModalitySpec(DATA.item_dim, length)}
 
 
-def build_model(strategy: str, n_items: int, budget: Budget) -> FusionModel:
+def build_model(strategy: str, n_items: int, budget: Plan) -> FusionModel:
     """The ``strategy`` model for haystacks of ``n_items``; cross's size does not depend on ``n_items``."""
     if strategy != "flatten" and n_items > MAX_ITEMS:
         raise ValueError(f"n_items: expected <= {MAX_ITEMS} for {strategy}, got {n_items}")
     return build_fusion(strategy, modalities(strategy, n_items), DATA.num_classes, fusion_config(budget))
 
 
-def flops_per_example(strategy: str, n_items: int, budget: Budget) -> int:
+def flops_per_example(strategy: str, n_items: int, budget: Plan) -> int:
     """Analytic matmul FLOPs of one forward pass (`crossfuse.flops.fusion_flops`)."""
     return fusion_flops(
         strategy,
@@ -168,19 +197,9 @@ def scaling_figure(sizes: tuple[int, ...], acc: dict, params: dict, oracle: dict
     return figure_png(fig)
 
 
-def run(
-    size: Literal["smoke", "quick", "full"] = "quick",
-    seed: int = 0,
-    num_seeds: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Result:
+def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Train flatten and cross at every haystack size; report accuracy, parameters and FLOPs vs n."""
-    if size not in BUDGETS:
-        raise ValueError(f"size: expected one of {list(BUDGETS)}, got {size!r}")
-    say = progress or (lambda _: None)
-    budget = BUDGETS[size]
-    seeds = seeds_for(size, seed, num_seeds, DEFAULT_SEEDS)
-    start = time.perf_counter()
+    say, budget = progress, plan
     keys = [str(n) for n in budget.sizes]
     variants = [v for v in VARIANTS if budget.scratch or v != "cross (scratch)"]
     acc: dict[str, dict[str, list[float]]] = {v: {k: [] for k in keys} for v in variants}
@@ -233,7 +252,7 @@ def run(
         for k, (n, key) in enumerate(zip(budget.sizes, keys, strict=True))
     ]
     table = Table(
-        title=f"Needle in a haystack: test accuracy, mean ± std over {len(seeds)} seed(s) (size {size})",
+        title=f"Needle in a haystack: test accuracy, mean ± std over {len(seeds)} seed(s)",
         columns=[
             "n items",
             *(f"{v} accuracy" for v in variants),
@@ -252,11 +271,16 @@ def run(
         f"cross accuracy {cross_first:.3f} at n={first} -> {cross_last:.3f} at n={last} "
         f"(drop {drop:+.3f}, criterion <= {TOLERANCE}); flatten {flat_first:.3f} -> {flat_last:.3f}"
     )
+    solvable = min(float(np.mean(oracle[key])) for key in keys)
+    precondition_met = solvable >= ORACLE_MINIMUM
     return Result(
         name="needle",
         claim=CLAIM,
         criterion=CRITERION,
-        verdict=verdict(drop <= TOLERANCE, enough_data=size != "smoke" and budget.sizes[0] == 16),
+        precondition=PRECONDITION,
+        precondition_measured=f"nearest-key rule accuracy >= {solvable:.3f} at every n (needs >= {ORACLE_MINIMUM})",
+        precondition_met=precondition_met,
+        verdict=verdict(drop <= TOLERANCE, precondition_met, enough_data=plan.judged and budget.sizes[0] == 16),
         measured=measured,
         tables=[table],
         figures={"needle_scaling.png": scaling_figure(budget.sizes, acc, params, oracle)},
@@ -270,7 +294,4 @@ def run(
             "flops_per_example": flops,
             "train_time_s": train_time,
         },
-        wall_time_s=time.perf_counter() - start,
-        size=size,
-        seeds=seeds,
     )

@@ -1,23 +1,50 @@
-"""The record every lab experiment returns, and the registry of experiments.
+"""The experiment protocol: what every lab experiment declares and returns, and the registry.
 
-An experiment is a module exposing ``CLAIM`` and ``CRITERION`` (written before any run) and
-``run(size: "smoke" | "quick" | "full", seed: int, num_seeds: int | None, progress) -> Result``;
-`EXPERIMENTS` maps its name to the module.
+An experiment is a module exposing, written before any run:
+
+- ``CLAIM``: the principle under test, in words a user can check.
+- ``PRECONDITION``: the measured condition under which the claim can show at all (e.g. "the hard
+  modality is starved"); when it fails the verdict is "inconclusive", never "supported" or
+  "not supported" (`verdict`).
+- ``CRITERION``: the declared test of the claim.
+- ``PLANS: dict[Size, Plan]``: one frozen dataclass per size, named ``Plan`` in every module, with at
+  least ``seeds`` (default number of seeds) and ``expected_s`` (wall time on the reference machine,
+  see `REFERENCE_MACHINE`), plus the experiment's own budget fields.
+- ``run(plan, seeds, progress) -> Result``.
+
+`run_experiment` is the one entry point: it checks the size, resolves the seeds, times the run and
+stamps ``size``, ``seeds`` and ``wall_time_s`` on the `Result`. `EXPERIMENTS` maps names to modules.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Size = Literal["smoke", "quick", "full"]
 Verdict = Literal["supported", "not supported", "inconclusive"]
 SIZES: tuple[Size, ...] = ("smoke", "quick", "full")
+VERDICTS: tuple[Verdict, ...] = ("supported", "not supported", "inconclusive")
+
+Progress = Callable[[str], None]
+"""Called by an experiment with a short stage description ("training cross, seed 1/3")."""
+
+REFERENCE_MACHINE = "2-core AMD EPYC (AVX2), 1 torch thread per experiment"
+"""Where each ``Plan.expected_s`` was measured; the runner scales it by a quick speed probe."""
+
+
+class Plan(Protocol):
+    """What the runner reads from an experiment's plan; each module's ``Plan`` adds its budget fields."""
+
+    @property
+    def seeds(self) -> int: ...
+
+    @property
+    def expected_s(self) -> float: ...
 
 
 @dataclass
@@ -56,6 +83,9 @@ class Result:
     criterion: str
     verdict: Verdict
     measured: str
+    precondition: str = ""
+    precondition_measured: str = ""
+    precondition_met: bool | None = None
     tables: list[Table] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -70,16 +100,6 @@ class Result:
         record["figures"] = sorted(self.figures)
         return record
 
-    def save(self, directory: Path) -> None:
-        """Write ``result.json`` and every figure into ``directory``."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, data in self.figures.items():
-            (directory / name).write_bytes(data)
-        (directory / "result.json").write_text(json.dumps(self.to_json(), indent=2, default=float))
-
-
-ProgressFn = Callable[[str], None]
-"""Called by an experiment with a short stage description ("training cross, seed 1/3")."""
 
 EXPERIMENTS: dict[str, str] = {
     "binding": "crossfuse.lab.binding",
@@ -90,8 +110,7 @@ EXPERIMENTS: dict[str, str] = {
     "critical_noise": "crossfuse.lab.critical_noise",
     "dominance": "crossfuse.lab.dominance",
 }
-"""Experiment name -> module. Each module exposes ``CLAIM``, ``CRITERION`` and
-``run(size="quick", seed=0, num_seeds=None, progress=None) -> Result``."""
+"""Experiment name -> module implementing the protocol of this module's docstring."""
 
 
 def load_experiment(name: str) -> ModuleType:
@@ -99,3 +118,38 @@ def load_experiment(name: str) -> ModuleType:
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment: unknown name {name!r}; expected one of {sorted(EXPERIMENTS)}")
     return importlib.import_module(EXPERIMENTS[name])
+
+
+def resolve_plan(module: ModuleType, size: str) -> Any:
+    """The experiment's plan for ``size``; an unknown size lists the known ones."""
+    plans = module.PLANS
+    if size not in plans:
+        raise ValueError(f"size: expected one of {list(plans)}, got {size!r}")
+    return plans[size]
+
+
+def resolve_seeds(plan: Plan, seed: int, num_seeds: int | None) -> list[int]:
+    """The seeds to run: ``num_seeds`` if given, else ``plan.seeds``, counting up from ``seed``."""
+    count = plan.seeds if num_seeds is None else num_seeds
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"num_seeds: expected an int >= 1, got {count!r}")
+    return [seed + i for i in range(count)]
+
+
+def run_experiment(
+    experiment: str | ModuleType,
+    size: Size = "quick",
+    seed: int = 0,
+    num_seeds: int | None = None,
+    progress: Progress | None = None,
+) -> Result:
+    """Run one experiment (by name or module) at ``size``; the Result carries size, seeds and wall time."""
+    module = load_experiment(experiment) if isinstance(experiment, str) else experiment
+    plan = resolve_plan(module, size)
+    seeds = resolve_seeds(plan, seed, num_seeds)
+    started = time.perf_counter()
+    result = module.run(plan, seeds, progress or (lambda _text: None))
+    if isinstance(result, Result):
+        result.size, result.seeds = size, list(seeds)
+        result.wall_time_s = time.perf_counter() - started
+    return result

@@ -42,30 +42,15 @@ from crossfuse.lab.result import SIZES, Result, Size
 RESULTS_FORMAT = 1
 """Version of the ``results.json`` layout (bump on incompatible changes)."""
 
-EXPECTED_QUICK_S: dict[str, float] = {
-    "binding": 90.0,
-    "needle": 90.0,
-    "report": 150.0,
-    "gradient_highway": 45.0,
-    "jitter": 90.0,
-    "critical_noise": 90.0,
-    "dominance": 90.0,
-}
-"""Expected wall time of each experiment at size "quick" on 2 CPU cores (seconds); shown next to the
-elapsed time. Estimates: update them from the ``wall_time_s`` in a recent ``results.json``."""
-
-EXPECTED_SMOKE_S = 10.0
-VERDICTS = ("supported", "not supported", "inconclusive")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def expected_seconds(name: str, size: Size) -> float | None:
-    """Expected duration of ``name`` at ``size``; None when unknown (e.g. size "full")."""
-    if size == "smoke":
-        return EXPECTED_SMOKE_S
-    if size == "quick":
-        return EXPECTED_QUICK_S.get(name)
-    return None
+    """Expected duration of ``name`` at ``size`` (its plan's ``expected_s``); None when unknown."""
+    try:
+        return lab_result.resolve_plan(lab_result.load_experiment(name), size).expected_s
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 @dataclass
@@ -337,8 +322,8 @@ def _check_result(value: Any, size: Size) -> tuple[str | None, list[str]]:
     """An error if ``value`` is not a usable Result, and warnings about rules it breaks."""
     if not isinstance(value, Result):
         return f"run() returned {type(value).__name__}; expected crossfuse.lab.Result", []
-    if value.verdict not in VERDICTS:
-        return f"run() returned verdict {value.verdict!r}; expected one of {list(VERDICTS)}", []
+    if value.verdict not in lab_result.VERDICTS:
+        return f"run() returned verdict {value.verdict!r}; expected one of {list(lab_result.VERDICTS)}", []
     warnings = []
     if size == "smoke" and value.verdict != "inconclusive":
         warnings.append(f"verdict {value.verdict!r} at size 'smoke'; expected 'inconclusive' (too small to judge)")
@@ -392,8 +377,7 @@ def run_experiment(
 
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                module = lab_result.load_experiment(name)
-                value = module.run(size=size, seed=seed, num_seeds=num_seeds, progress=progress)
+                value = lab_result.run_experiment(name, size, seed, num_seeds, progress)
             error, record.warnings = _check_result(value, size)
             if error is None:
                 record.result, record.status = value, "ok"

@@ -108,11 +108,24 @@ def _summary(experiments: list[dict[str, Any]]) -> str:
         measured = result.get("measured") if result else exp.get("error")
         rows.append(
             f'<tr><td><a href="#{_anchor(i)}">{_text(exp.get("name"))}</a></td><td>{_text(result.get("claim"))}</td>'
+            f"<td>{_text(_precondition(result))}</td>"
             f"<td>{_text(result.get('criterion'))}</td><td>{_text(measured)}</td><td>{_badge(_status(exp))}</td>"
             f"{_cell(round(float(exp.get('wall_time_s') or 0.0), 1))}</tr>"
         )
-    head = "<tr><th>experiment</th><th>claim</th><th>criterion</th><th>measured</th><th>verdict</th><th>time (s)</th>"
+    head = (
+        "<tr><th>experiment</th><th>claim</th><th>precondition (measured)</th><th>criterion</th><th>measured</th>"
+        "<th>verdict</th><th>time (s)</th>"
+    )
     return f'<table class="summary"><thead>{head}</tr></thead>{"".join(rows)}</table>'
+
+
+def _precondition(result: dict[str, Any]) -> str | None:
+    """The precondition with its measured figure and whether it held ("met" / "NOT met"), or None."""
+    text, figure, met = result.get("precondition"), result.get("precondition_measured"), result.get("precondition_met")
+    if not text:
+        return None
+    state = "" if met is None else (" (met)" if met else " (NOT met: verdict inconclusive)")
+    return f"{text} Measured: {figure}{state}" if figure else text
 
 
 def _section(index: int, exp: dict[str, Any], figures: dict[str, bytes]) -> str:
@@ -124,6 +137,7 @@ def _section(index: int, exp: dict[str, Any], figures: dict[str, bytes]) -> str:
         seeds = ", ".join(str(s) for s in result.get("seeds") or []) or None
         facts = [
             ("claim", result.get("claim")),
+            ("precondition", _precondition(result)),
             ("criterion", result.get("criterion")),
             ("measured", result.get("measured")),
             ("size", result.get("size")),
