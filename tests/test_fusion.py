@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from crossfuse.fusion import FUSIONS, FusionConfig, ModalitySpec, build_fusion
-from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder, masked_mean
+from crossfuse.fusion import FUSIONS, FusionConfig, ModalitySpec, build_fusion, masked_mean
+from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder
 from crossfuse.train import TrainConfig, fit
 
 NAMES = ["early", "late", "flatten", "cross", "bicross", "gated"]
@@ -195,7 +195,7 @@ def test_gated_streams_unchanged_at_init() -> None:
     x, masks = make_inputs(), random_masks(4)
     out = model(x, masks)
     for name in SPECS:
-        torch.testing.assert_close(out.tokens[name], model.encoders[name](x[name], masks[name]))
+        torch.testing.assert_close(out.tokens[name], model.encoders[name](x[name], masks[name]).x)
     with torch.no_grad():
         model.layers[0]["image"].alpha_attn.fill_(1.0)
     assert not torch.allclose(model(x, masks).tokens["text"], out.tokens["text"])
@@ -205,8 +205,8 @@ def test_cross_changes_query_stream_at_init() -> None:
     model = model_for("cross")
     x = make_inputs()
     out = model(x)
-    assert not torch.allclose(out.tokens["text"], model.encoders["text"](x["text"]))
-    torch.testing.assert_close(out.tokens["image"], model.encoders["image"](x["image"]))
+    assert not torch.allclose(out.tokens["text"], model.encoders["text"](x["text"]).x)
+    torch.testing.assert_close(out.tokens["image"], model.encoders["image"](x["image"]).x)
 
 
 def test_modality_parameters_are_the_encoders() -> None:
@@ -231,7 +231,7 @@ def test_masked_mean_matches_reference_and_is_zero_when_empty() -> None:
 
 def test_sequence_encoder_rejects_too_long_input() -> None:
     enc = SequenceEncoder(3, 8, max_length=4, num_layers=1, num_heads=2)
-    assert enc(torch.randn(2, 4, 3)).shape == (2, 4, 8)
+    assert enc(torch.randn(2, 4, 3)).x.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="max_length=4"):
         enc(torch.randn(2, 5, 3))
 
