@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from crossfuse.attention import CrossAttention, KVCache
 from crossfuse.blocks import (
@@ -14,6 +14,8 @@ from crossfuse.blocks import (
     CrossAttentionBlock,
     GatedCrossAttentionBlock,
     SelfAttentionBlock,
+    run_blocks,
+    select_layers,
 )
 
 DTYPE = torch.float64
@@ -147,3 +149,62 @@ def test_cross_attention_parameter_count_matches_formula(
     if bias:
         expected += 3 * inner + d_out
     assert sum(p.numel() for p in attn.parameters()) == expected
+
+
+# ----------------------------------------------------------------------------- layer selection
+
+
+@pytest.mark.parametrize(
+    ("which", "true_means", "expected"),
+    [
+        (False, "last", set()),
+        (True, "last", {3}),
+        (True, "all", {0, 1, 2, 3}),
+        ("last", "all", {3}),
+        ("all", "last", {0, 1, 2, 3}),
+        ([0, -1], "last", {0, 3}),
+        ((), "last", set()),
+        ({1}, "last", {1}),
+    ],
+)
+def test_select_layers(which, true_means: str, expected: set[int]) -> None:
+    assert select_layers(which, 4, true_means) == expected
+    if not isinstance(which, list | set):
+        assert select_layers(which, 0, true_means) == set()  # an empty stack has no weights to give
+
+
+@pytest.mark.parametrize("which", ["first", [4], [-5], [1.0], [True], 3])
+def test_select_layers_rejects_bad_requests(which) -> None:
+    with pytest.raises(ValueError, match="return_attention"):
+        select_layers(which, 4)
+
+
+def test_run_blocks_all_returns_each_layers_own_weights() -> None:
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(SelfAttentionBlock(8, 2) for _ in range(3)).to(DTYPE)
+    x = torch.randn(2, 5, 8, dtype=DTYPE)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    out = run_blocks(blocks, x, select_layers("all", 3), mask=mask)
+    h, expected = x, {}
+    for i, block in enumerate(blocks):  # each layer called on its own, weights on
+        h, expected[i] = block(h, mask, return_attention=True)
+    torch.testing.assert_close(out.x, h)
+    assert out.weights.keys() == expected.keys()
+    for i in expected:
+        torch.testing.assert_close(out.weights[i], expected[i])
+    only_middle = run_blocks(blocks, x, select_layers([1], 3), mask=mask)
+    assert list(only_middle.weights) == [1]
+    torch.testing.assert_close(only_middle.weights[1], expected[1])
+    torch.testing.assert_close(only_middle.x, h)  # the fast path on the other layers gives the same stream
+
+
+def test_unselected_layers_skip_the_weights_path() -> None:
+    """Only the selected layers ask `CrossAttention` for weights: a heatmap does not slow every layer."""
+    blocks = nn.ModuleList(SelfAttentionBlock(8, 2) for _ in range(4))
+    asked = []
+    for i, block in enumerate(blocks):
+        block.attn.register_forward_pre_hook(
+            lambda _m, args, kwargs, i=i: asked.append((i, kwargs["return_attention"])), with_kwargs=True
+        )
+    run_blocks(blocks, torch.randn(1, 3, 8), select_layers("last", 4))
+    assert asked == [(0, False), (1, False), (2, False), (3, True)]

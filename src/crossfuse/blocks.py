@@ -67,7 +67,7 @@ def select_layers(which: AttentionLayers, num_layers: int, true_means: str = "la
     ``which``: False -> none; ``"last"`` -> {num_layers - 1}; ``"all"`` -> every layer; ints (a list,
     tuple or set) -> those layers (negative ones count from the end); True -> ``true_means`` ("last"
     or "all"), so a model keeps the meaning its ``return_attention=True`` always had. A stack of 0 layers has
-    no weights to give, whatever is asked.
+    no weights to give: "last", "all" and True select nothing there; indices out of range raise.
     """
     if which is True:
         which = true_means
