@@ -121,6 +121,10 @@ class FusionModel(nn.Module):
         """
         raise NotImplementedError
 
+    def default_encoders(self, num_layers: int) -> nn.ModuleDict:
+        """`sequence_encoders` for this model's modalities and config, with ``num_layers`` blocks each."""
+        return sequence_encoders(self.modalities, self.config, num_layers)
+
     def encode(self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
         """Every modality through its own encoder. Shapes: {name: (B, N_m, D_m)} -> {name: (B, N_m, D)}"""
         return {name: self.encoders[name](inputs[name], masks[name]).x for name in self.modalities}

@@ -25,14 +25,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from crossfuse.blocks import BidirectionalCrossAttentionBlock, CrossAttentionBlock, GatedCrossAttentionBlock
-from crossfuse.fusion.base import (
-    FusionConfig,
-    FusionModel,
-    FusionOutput,
-    ModalitySpec,
-    register_fusion,
-    sequence_encoders,
-)
+from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
 from crossfuse.fusion.head import ConcatPoolHead
 
 DIRECTIONS = ("a->b", "b->a")
@@ -63,7 +56,7 @@ class CrossAttentionFusion(FusionModel):
             raise ValueError(f"config.direction: expected one of {list(DIRECTIONS)}, got {config.direction!r}")
         self.query_name = names[0] if config.direction == "a->b" else names[1]
         self.context_names = [n for n in names if n != self.query_name]
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers)
+        self.encoders = self.default_encoders(config.encoder_layers)
         c = config
         self.layers = nn.ModuleList(
             nn.ModuleDict(
@@ -114,7 +107,7 @@ class BidirectionalCrossAttentionFusion(FusionModel):
         super().__init__(modalities, num_outputs, config)
         if len(modalities) != 2:
             raise ValueError(f"modalities: bicross fusion needs exactly 2 modalities, got {list(modalities)}")
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers)
+        self.encoders = self.default_encoders(config.encoder_layers)
         self.layers = nn.ModuleList(
             BidirectionalCrossAttentionBlock(config.dim, config.dim, config.num_heads, config.mlp_ratio, config.dropout)
             for _ in range(config.num_layers)

@@ -13,14 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from crossfuse.blocks import SelfAttentionBlock, run_blocks
-from crossfuse.fusion.base import (
-    FusionConfig,
-    FusionModel,
-    FusionOutput,
-    ModalitySpec,
-    register_fusion,
-    sequence_encoders,
-)
+from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
 from crossfuse.fusion.head import ConcatPoolHead
 
 
@@ -37,7 +30,7 @@ class EarlyFusion(FusionModel):
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
         super().__init__(modalities, num_outputs, config)
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers)
+        self.encoders = self.default_encoders(config.encoder_layers)
         self.modality_embedding = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(config.dim) * 0.02) for name in modalities}
         )

@@ -17,14 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from crossfuse.fusion.base import (
-    FusionConfig,
-    FusionModel,
-    FusionOutput,
-    ModalitySpec,
-    register_fusion,
-    sequence_encoders,
-)
+from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
 from crossfuse.fusion.head import masked_mean
 
 LATE_COMBINES = ("logits", "probs")
@@ -46,7 +39,7 @@ class LateFusion(FusionModel):
         super().__init__(modalities, num_outputs, config)
         if config.late_combine not in LATE_COMBINES:
             raise ValueError(f"config.late_combine: expected one of {list(LATE_COMBINES)}, got {config.late_combine!r}")
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers + config.num_layers)
+        self.encoders = self.default_encoders(config.encoder_layers + config.num_layers)
         self.norms = nn.ModuleDict({name: nn.LayerNorm(config.dim) for name in modalities})
         self.classifiers = nn.ModuleDict({name: nn.Linear(config.dim, num_outputs) for name in modalities})
         self.attention_depth = config.encoder_layers + config.num_layers
