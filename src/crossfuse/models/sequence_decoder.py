@@ -148,7 +148,37 @@ def _check_inputs(
     return out
 
 
-class CrossSequenceDecoder(nn.Module):
+class _SequenceDecoder(nn.Module):
+    """Shared entry of both decoders: validate the inputs once, select the layers, then ``decode``.
+
+    Subclasses set ``dims``, ``config`` and ``layers`` (the stack whose weights can be returned).
+    """
+
+    dims: dict[str, int]
+    config: SequenceDecoderConfig
+    layers: nn.ModuleList
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        masks: dict[str, Tensor] | None = None,
+        return_attention: AttentionLayers = False,
+    ) -> SequenceOutput:
+        """Shapes: see the subclass. ``return_attention``: False, True or ``"all"`` (every layer), ``"last"``
+        or 0-based layer indices; only those layers run the weights path."""
+        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
+        layers = select_layers(return_attention, len(self.layers), true_means="all")
+        prediction, weights = self.decode(inputs, checked, layers)
+        return SequenceOutput(prediction, {f"layer {i + 1}": w for i, w in sorted(weights.items())} if layers else None)
+
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Prediction (B, T, K) and ``{layer: weights}`` for ``layers``, from validated inputs."""
+        raise NotImplementedError
+
+
+class CrossSequenceDecoder(_SequenceDecoder):
     """Query-stream bins attend over the context stream; one prediction per query bin.
 
     Args:
@@ -200,25 +230,19 @@ class CrossSequenceDecoder(nn.Module):
         """Centre (in context bins) of each context token for a context of ``length`` bins. Shapes: -> (N_k,)"""
         return self.embed[self.context].token_times(length)
 
-    def forward(
-        self,
-        inputs: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        return_attention: AttentionLayers = False,
-    ) -> SequenceOutput:
-        """Shapes: see the class. ``return_attention``: False, True or ``"all"`` (every layer), ``"last"``
-        or 0-based layer indices; only those layers run the weights path."""
-        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
-        layers = select_layers(return_attention, len(self.layers), true_means="all")
-        q_mask, c_mask = checked[self.query], checked[self.context]
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Shapes: see the class; weights {layer: (B, H, T_q, N_k)}."""
+        q_mask, c_mask = masks[self.query], masks[self.context]
         context, c_mask = self.embed[self.context](inputs[self.context], c_mask)
         context = run_blocks(self.context_encoder, context, (), mask=c_mask).x
         x, _ = self.embed[self.query](inputs[self.query], q_mask)
         x, weights = run_blocks(self.layers, x, layers, context=context, mask=q_mask, context_mask=c_mask)
-        return SequenceOutput(self.head(x), _labelled(weights) if layers else None)
+        return self.head(x), weights
 
 
-class EarlySequenceDecoder(nn.Module):
+class EarlySequenceDecoder(_SequenceDecoder):
     """Early fusion on one timeline: per-bin features of all streams concatenated, then self-attention.
 
     Every stream must have the same number of bins T; a bin is valid where all masks are True.
@@ -244,27 +268,17 @@ class EarlySequenceDecoder(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(config.dim), nn.Linear(config.dim, num_outputs))
 
-    def forward(
-        self,
-        inputs: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        return_attention: AttentionLayers = False,
-    ) -> SequenceOutput:
-        """Shapes: see the class; ``return_attention`` as in `CrossSequenceDecoder.forward`."""
-        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
-        layers = select_layers(return_attention, len(self.layers), true_means="all")
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Shapes: see the class; weights {layer: (B, H, T, T)}."""
         lengths = {name: inputs[name].shape[1] for name in self.dims}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"inputs: early fusion needs one timeline (equal T per modality), got lengths {lengths}")
         mask = None
-        for m in checked.values():
+        for m in masks.values():
             if m is not None:
                 mask = m if mask is None else mask & m
         x, _ = self.embed(torch.cat([inputs[name] for name in self.dims], dim=-1), mask)
         x, weights = run_blocks(self.layers, x, layers, mask=mask)
-        return SequenceOutput(self.head(x), _labelled(weights) if layers else None)
-
-
-def _labelled(weights: dict[int, Tensor]) -> dict[str, Tensor]:
-    """``{0: w}`` -> ``{"layer 1": w}``: the decoders' 1-based layer labels."""
-    return {f"layer {i + 1}": w for i, w in sorted(weights.items())}
+        return self.head(x), weights
