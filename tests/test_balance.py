@@ -184,7 +184,7 @@ def test_ogmge_needs_modality_logits_and_labels():
     model, batch = tiny_model(), batch_of()
     output = backward(model, batch)
     hook = OGMGE(model)
-    output.modality_logits = None
+    output = output._replace(modality_logits=None)  # FusionOutput is an immutable NamedTuple
     with pytest.raises(ValueError, match="modality_logits"):
         hook.after_backward(model, batch, output, 0)
     with pytest.raises(ValueError, match=r"batch\['y'\]"):

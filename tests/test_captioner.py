@@ -149,3 +149,16 @@ def test_bad_inputs_name_the_argument() -> None:
         m(torch.rand(2, 1, 32, 32), torch.ones(2, 13, dtype=torch.long))
     with pytest.raises(ValueError, match="memory"):
         CaptionerConfig(vocab_size=10, memory="cls")
+
+
+def test_decode_returns_only_the_selected_layers() -> None:
+    m = model()
+    images, tokens = torch.rand(2, 1, 32, 32), torch.randint(3, 11, (2, 6))
+    memory = m.encode(images)
+    full = m.decode(tokens, memory, return_attention=True)  # True = every layer, as before
+    assert len(full.attention) == m.config.decoder_layers
+    last = m.decode(tokens, memory, return_attention="last")
+    assert len(last.attention) == 1
+    torch.testing.assert_close(last.attention[0], full.attention[-1])
+    torch.testing.assert_close(last.logits, full.logits)
+    assert m.decode(tokens, memory).attention is None

@@ -132,3 +132,19 @@ def test_bad_arguments() -> None:
         greedy_decode(model, IMAGES, max_len=17)
     with pytest.raises(ValueError, match="images"):
         greedy_decode(model, torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_generation_attention_of_the_selected_layers_only(search: str) -> None:
+    model = tiny(seed=3)
+
+    def run(which):
+        if search == "greedy":
+            return greedy_decode(model, IMAGES[:3], return_attention=which)
+        return beam_search(model, IMAGES[:3], beam_size=2, return_attention=which)
+
+    every, last = run(True), run("last")
+    assert every.tokens == last.tokens
+    for a, b in zip(every.attention, last.attention, strict=True):
+        assert a.shape[1] == model.config.decoder_layers and b.shape[1] == 1
+        torch.testing.assert_close(b[:, 0], a[:, -1])

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from crossfuse.fusion import FUSIONS, FusionConfig, ModalitySpec, build_fusion
-from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder, masked_mean
+from crossfuse.fusion import FUSIONS, FusionConfig, ModalitySpec, build_fusion, masked_mean
+from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder
 from crossfuse.train import TrainConfig, fit
 
 NAMES = ["early", "late", "flatten", "cross", "bicross", "gated"]
@@ -195,7 +195,7 @@ def test_gated_streams_unchanged_at_init() -> None:
     x, masks = make_inputs(), random_masks(4)
     out = model(x, masks)
     for name in SPECS:
-        torch.testing.assert_close(out.tokens[name], model.encoders[name](x[name], masks[name]))
+        torch.testing.assert_close(out.tokens[name], model.encoders[name](x[name], masks[name]).x)
     with torch.no_grad():
         model.layers[0]["image"].alpha_attn.fill_(1.0)
     assert not torch.allclose(model(x, masks).tokens["text"], out.tokens["text"])
@@ -205,8 +205,8 @@ def test_cross_changes_query_stream_at_init() -> None:
     model = model_for("cross")
     x = make_inputs()
     out = model(x)
-    assert not torch.allclose(out.tokens["text"], model.encoders["text"](x["text"]))
-    torch.testing.assert_close(out.tokens["image"], model.encoders["image"](x["image"]))
+    assert not torch.allclose(out.tokens["text"], model.encoders["text"](x["text"]).x)
+    torch.testing.assert_close(out.tokens["image"], model.encoders["image"](x["image"]).x)
 
 
 def test_modality_parameters_are_the_encoders() -> None:
@@ -231,7 +231,7 @@ def test_masked_mean_matches_reference_and_is_zero_when_empty() -> None:
 
 def test_sequence_encoder_rejects_too_long_input() -> None:
     enc = SequenceEncoder(3, 8, max_length=4, num_layers=1, num_heads=2)
-    assert enc(torch.randn(2, 4, 3)).shape == (2, 4, 8)
+    assert enc(torch.randn(2, 4, 3)).x.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="max_length=4"):
         enc(torch.randn(2, 5, 3))
 
@@ -297,3 +297,71 @@ def test_modality_names_reserved_by_moduledict_are_refused_clearly(name: str) ->
     specs = {name: ModalitySpec(4, 3), "other": ModalitySpec(4, 3)}
     with pytest.raises(ValueError, match=rf"modalities: the name '{name}' is reserved"):
         build_fusion("cross", specs, 2)
+
+
+# ----------------------------------------------------------------------------- contract, layers, export
+
+
+def test_gated_is_cross_with_another_block_class() -> None:
+    from crossfuse.blocks import CrossAttentionBlock, GatedCrossAttentionBlock
+    from crossfuse.fusion import CrossAttentionFusion, GatedCrossAttentionFusion
+
+    assert GatedCrossAttentionFusion.fuse is CrossAttentionFusion.fuse  # one code path
+    assert GatedCrossAttentionFusion.__init__ is CrossAttentionFusion.__init__
+    cross, gated = model_for("cross"), model_for("gated")
+    assert all(type(b) is CrossAttentionBlock for layer in cross.layers for b in layer.values())
+    assert all(type(b) is GatedCrossAttentionBlock for layer in gated.layers for b in layer.values())
+
+
+def test_cross_forward_equals_hand_composed_layers() -> None:
+    """encoders -> query stream through every (layer, context) block -> ConcatPoolHead, written out by hand."""
+    config = dataclasses.replace(SMALL, num_layers=2)
+    model = model_for("cross", config)
+    x, masks = make_inputs(), random_masks(4)
+    out = model(x, masks)
+    streams = {n: model.encoders[n](x[n], masks[n]).x for n in SPECS}
+    h = streams["text"]
+    for layer in model.layers:
+        h = layer["image"](h, streams["image"], mask=masks["text"], context_mask=masks["image"]).x
+    streams["text"] = h
+    logits, pooled, parts = model.head(streams, masks)
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.pooled, pooled)
+    torch.testing.assert_close(out.modality_logits, parts)
+
+
+@pytest.mark.parametrize("name", ATTENDING)
+def test_attention_layer_selection(name: str) -> None:
+    """ "all" gives every layer's weights, equal to what each selected layer gives on its own; True = last."""
+    model = model_for(name, dataclasses.replace(SMALL, num_layers=2))
+    x, masks = make_inputs(), random_masks(4)
+    depth = model.attention_depth
+    everything = model(x, masks, return_attention="all")
+    assert sorted(everything.weights) == list(range(depth))
+    for i in range(depth):
+        alone = model(x, masks, return_attention=[i])
+        assert list(alone.weights) == [i]
+        torch.testing.assert_close(alone.weights[i], everything.weights[i])
+        torch.testing.assert_close(alone.logits, everything.logits)
+    last = model(x, masks, return_attention=True)
+    assert list(last.weights) == [depth - 1]
+    torch.testing.assert_close(last.attention, everything.weights[depth - 1])
+    none = model(x, masks)
+    assert none.weights is None and none.attention is None
+    torch.testing.assert_close(none.logits, everything.logits)
+
+
+def test_bad_layer_selection_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="return_attention"):
+        model_for("cross")(make_inputs(), return_attention=[5])
+
+
+def test_cross_fusion_exports_with_torch_export() -> None:
+    model = model_for("cross")
+    x, masks = make_inputs(), random_masks(4)
+    exported = torch.export.export(model, (x, masks), {"return_attention": True})
+    got, want = exported.module()(x, masks, return_attention=True), model(x, masks, return_attention=True)
+    assert isinstance(got, type(want))
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.modality_logits, want.modality_logits)
+    torch.testing.assert_close(got.weights, want.weights)

@@ -124,3 +124,23 @@ def test_bad_inputs_raise_value_error(call, match: str) -> None:
         call(model)
     with pytest.raises(ValueError, match="query"):
         CrossSequenceDecoder({"spikes": 5, "lfp": 3}, "eeg", 2, CONFIG)
+
+
+@pytest.mark.parametrize("kind", ["cross", "early"])
+def test_attention_layer_selection(kind: str) -> None:
+    """True keeps its meaning (every layer); "last" and indices return only those layers, with the same values."""
+    torch.manual_seed(0)
+    dims = {"spikes": 5, "lfp": 3}
+    model = (
+        CrossSequenceDecoder(dims, "spikes", 2, CONFIG) if kind == "cross" else EarlySequenceDecoder(dims, 2, CONFIG)
+    ).eval()
+    inputs = {"spikes": torch.randn(2, 9, 5), "lfp": torch.randn(2, 9, 3)}
+    everything = model(inputs, return_attention=True)
+    assert set(everything.attention) == {"layer 1", "layer 2"}
+    last = model(inputs, return_attention="last")
+    assert set(last.attention) == {"layer 2"}
+    torch.testing.assert_close(last.attention["layer 2"], everything.attention["layer 2"])
+    first = model(inputs, return_attention=[0])
+    assert set(first.attention) == {"layer 1"}
+    torch.testing.assert_close(first.attention["layer 1"], everything.attention["layer 1"])
+    torch.testing.assert_close(first.prediction, model(inputs).prediction)

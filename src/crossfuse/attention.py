@@ -132,6 +132,14 @@ class CrossAttention(nn.Module):
         cache: KVCache | None = None,
         causal: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``query`` to ``context`` (to ``query`` itself when ``context`` is None).
+
+        Shapes:
+            query: (B, Nq, Dq)  context: (B, Nk, Dk) or None  context_mask: (B, Nk) bool, True = attend
+            attn_mask: (B or 1, Nq, Nk) bool, True = attend
+            ->  output: (B, Nq, out_dim), or (output, weights: (B, H, Nq, Nk)) with ``return_attention``.
+        ``cache`` appends (or, when static, reuses) projected keys/values; ``causal`` as in the class.
+        """
         self._validate(query, context, context_mask, attn_mask, cache)
         batch, n_query, _ = query.shape
         q = self._split_heads(self.to_q(query))

@@ -11,16 +11,21 @@ from crossfuse.fusion.base import (
     FusionOutput,
     ModalitySpec,
     build_fusion,
+    check_fusion_args,
+    check_modality_inputs,
     register_fusion,
+    sequence_encoders,
 )
 from crossfuse.fusion.cross import BidirectionalCrossAttentionFusion, CrossAttentionFusion, GatedCrossAttentionFusion
 from crossfuse.fusion.early import EarlyFusion
 from crossfuse.fusion.flatten_mlp import FlattenMLPFusion
+from crossfuse.fusion.head import ConcatPoolHead, HeadOutput, masked_mean
 from crossfuse.fusion.late import LateFusion
 
 __all__ = [
     "FUSIONS",
     "BidirectionalCrossAttentionFusion",
+    "ConcatPoolHead",
     "CrossAttentionFusion",
     "EarlyFusion",
     "FlattenMLPFusion",
@@ -28,8 +33,13 @@ __all__ = [
     "FusionModel",
     "FusionOutput",
     "GatedCrossAttentionFusion",
+    "HeadOutput",
     "LateFusion",
     "ModalitySpec",
     "build_fusion",
+    "check_fusion_args",
+    "check_modality_inputs",
+    "masked_mean",
     "register_fusion",
+    "sequence_encoders",
 ]

@@ -1,17 +1,34 @@
-"""The one interface every fusion strategy implements, and the registry that names them.
+"""The fusion contract: what every strategy is built from, what it is given and what it returns.
 
-A strategy is an ``nn.Module`` built from per-modality feature sizes and a `FusionConfig`.
-It maps ``inputs: dict[str, (B, N_m, D_m)]`` and ``masks: dict[str, (B, N_m) bool]`` (True = valid;
-a missing entry means every position is valid) to a `FusionOutput` holding the prediction
-``logits (B, num_outputs)`` and the fused representation ``pooled (B, D)``.
+A strategy is a `FusionModel` built from ``{name: ModalitySpec}``, ``num_outputs`` and a `FusionConfig`.
+It composes three parts, as torchmultimodal's ``LateFusion`` does:
+
+1. ``encoders``: an ``nn.ModuleDict``, one module per modality (by default `sequence_encoders`:
+   projection to width D, positions, self-attention), mapping ``(B, N_m, D_m)`` to ``(B, N_m, D)``;
+2. ``fuse(inputs, masks, layers)``: the strategy's own step, the only method a strategy writes
+   besides its constructor;
+3. a head mapping the fused streams to ``logits (B, num_outputs)`` (by default `ConcatPoolHead`,
+   whose linear map splits the logits into per-modality shares).
+
+``forward(inputs, masks, return_attention)`` is defined here once for every strategy: it validates
+the inputs (`check_modality_inputs`), turns ``return_attention`` into the set of layers whose weights
+are computed (`crossfuse.blocks.select_layers`; ``True`` = the last layer) and calls ``fuse``.
+Inputs are ``{name: (B, N_m, D_m)}`` float tensors, masks ``{name: (B, N_m) bool}`` (True = valid; a
+missing entry means every position is valid). The result is a `FusionOutput`, a NamedTuple, so
+``torch.export`` and ``torch.compile`` see its fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor, nn
+
+from crossfuse.blocks import AttentionLayers, select_layers
+from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder
+from crossfuse.validation import check_tensor
 
 
 @dataclass(frozen=True)
@@ -36,39 +53,92 @@ class FusionConfig:
     late_combine: str = "logits"  # late fusion: average "logits" or "probs"
 
 
-@dataclass
-class FusionOutput:
+class FusionOutput(NamedTuple):
     """What a strategy returns.
 
     Shapes:
-        logits: (B, num_outputs)  pooled: (B, D)
+        logits: (B, num_outputs)  pooled: (B, D')
         modality_logits: {name: (B, num_outputs)}: each modality's own contribution to the logits
             (late fusion: each expert's prediction; linear heads over concatenated per-modality
             features: W_m h_m + b / M, as OGM-GE uses), or None where the strategy has none.
         tokens: {name: (B, N_m, D)} token-level outputs, or None.
-        attention: {label: (B, H, Nq, Nk)} weights when requested, else None.
+        weights: {layer: {"q->k": (B, H, N_q, N_k)}} for the layers selected by ``return_attention``
+            (0-based layer index), or None when none was asked for.
+    ``attention`` is the deepest selected layer's ``{"q->k": weights}`` (what a heatmap shows), or None.
     """
 
     logits: Tensor
     pooled: Tensor
     modality_logits: dict[str, Tensor] | None = None
     tokens: dict[str, Tensor] | None = None
-    attention: dict[str, Tensor] | None = field(default=None)
+    weights: dict[int, dict[str, Tensor]] | None = None
+
+    @property
+    def attention(self) -> dict[str, Tensor] | None:
+        """The deepest selected layer's weights ``{"q->k": (B, H, N_q, N_k)}``, or None."""
+        return self.weights[max(self.weights)] if self.weights else None
 
 
 class FusionModel(nn.Module):
-    """Base class: subclasses set ``self.encoders`` (one module per modality) and implement forward.
+    """Base of every strategy: encoders per modality -> ``fuse`` -> head, inputs validated once here.
+
+    A subclass sets ``self.encoders`` (and its fusion layers and head) in its constructor, sets
+    ``attention_depth`` (how many layers can return weights; 0 = none) and implements `fuse`.
 
     Shapes: forward(inputs: {name: (B, N_m, D_m)}, masks: {name: (B, N_m) bool} | None,
-    return_attention: bool = False) -> FusionOutput
+    return_attention: False | True | "last" | "all" | [layer, ...]) -> FusionOutput
     """
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
+        check_fusion_args(modalities, num_outputs, config)
         super().__init__()
         self.modalities = dict(modalities)
         self.num_outputs = num_outputs
         self.config = config
         self.encoders = nn.ModuleDict()
+        self.attention_depth = 0
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        masks: dict[str, Tensor] | None = None,
+        return_attention: AttentionLayers = False,
+    ) -> FusionOutput:
+        """Validate, select the layers whose weights are computed, fuse.
+
+        Shapes: inputs: {name: (B, N_m, D_m) float}  masks: {name: (B, N_m) bool} or None
+        ->  FusionOutput (see there; each strategy's docstring gives its ``pooled`` and labels).
+        ``return_attention``: False (no weights: the fast path everywhere), True or ``"last"`` (the last
+        layer), ``"all"``, or a list of 0-based layer indices; only those layers run the weights path.
+        """
+        checked = check_modality_inputs(self.modalities, inputs, masks)
+        return self.fuse(inputs, checked, select_layers(return_attention, self.attention_depth))
+
+    def fuse(self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]) -> FusionOutput:
+        """The strategy's step on validated inputs; ``layers`` are the layers whose weights to return.
+
+        Shapes: inputs: {name: (B, N_m, D_m)}  masks: {name: (B, N_m) bool or None}  ->  FusionOutput
+        """
+        raise NotImplementedError
+
+    def default_encoders(self, num_layers: int) -> nn.ModuleDict:
+        """`sequence_encoders` for this model's modalities and config, with ``num_layers`` blocks each."""
+        return sequence_encoders(self.modalities, self.config, num_layers)
+
+    def encode(self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
+        """Every modality through its own encoder. Shapes: {name: (B, N_m, D_m)} -> {name: (B, N_m, D)}"""
+        return {name: self.encoders[name](inputs[name], masks[name]).x for name in self.modalities}
+
+    def readout(
+        self, streams: dict[str, Tensor], masks: Mapping[str, Tensor | None], weights: dict[int, dict[str, Tensor]]
+    ) -> FusionOutput:
+        """The default head on the fused streams: ``self.head``, a `ConcatPoolHead`.
+
+        Shapes: streams: {name: (B, N_m, D)}  masks: {name: (B, N_m) bool or None}
+        weights: {layer: {"q->k": (B, H, N_q, N_k)}}  ->  FusionOutput (weights None when empty)
+        """
+        logits, pooled, modality_logits = self.head(streams, masks)
+        return FusionOutput(logits, pooled, modality_logits, streams, weights or None)
 
     def modality_parameters(self, name: str) -> Iterator[nn.Parameter]:
         """Parameters that belong to one modality's encoder (for gradient monitoring)."""
@@ -77,6 +147,95 @@ class FusionModel(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def sequence_encoders(modalities: Mapping[str, ModalitySpec], config: FusionConfig, num_layers: int) -> nn.ModuleDict:
+    """The default encoders: one `SequenceEncoder` per modality with ``num_layers`` self-attention blocks.
+
+    Positions are sized by ``spec.length`` or `DEFAULT_MAX_LENGTH`.
+    Shapes: see `SequenceEncoder`; the dict is keyed by modality name in the given order.
+    """
+    return nn.ModuleDict(
+        {
+            name: SequenceEncoder(
+                spec.dim,
+                config.dim,
+                spec.length or DEFAULT_MAX_LENGTH,
+                num_layers,
+                config.num_heads,
+                config.mlp_ratio,
+                config.dropout,
+            )
+            for name, spec in modalities.items()
+        }
+    )
+
+
+_RESERVED_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
+def _positive_int(value: object, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_fusion_args(modalities: Mapping[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
+    """Validate what every strategy is built from; raise ValueError naming the argument.
+
+    ``modalities`` is a non-empty ``{name: ModalitySpec}`` (names usable as module keys: no ".");
+    ``num_outputs`` a positive int; ``config`` a `FusionConfig` with positive sizes.
+    """
+    if not isinstance(modalities, Mapping) or not modalities:
+        raise ValueError(f"modalities: expected a non-empty dict {{name: ModalitySpec}}, got {modalities!r}")
+    for name, spec in modalities.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"modalities: names must be non-empty strings without '.', got {name!r}")
+        if name in _RESERVED_NAMES:  # they would clash with nn.ModuleDict's own attributes
+            raise ValueError(
+                f"modalities: the name {name!r} is reserved by torch.nn.ModuleDict; rename that modality "
+                f"(e.g. {name + '_'!r})"
+            )
+        dim, length = getattr(spec, "dim", None), getattr(spec, "length", "missing")
+        if not _positive_int(dim):
+            raise ValueError(f"modalities[{name!r}]: expected ModalitySpec with a positive int dim, got {spec!r}")
+        if length is not None and not _positive_int(length):
+            raise ValueError(f"modalities[{name!r}]: expected ModalitySpec.length None or a positive int, got {spec!r}")
+    if not _positive_int(num_outputs):
+        raise ValueError(f"num_outputs: expected a positive int, got {num_outputs!r}")
+    for field_name, minimum in (("dim", 1), ("num_heads", 1), ("num_layers", 0), ("encoder_layers", 0)):
+        value = getattr(config, field_name, None)
+        if not _positive_int(value, minimum):
+            raise ValueError(f"config.{field_name}: expected an int >= {minimum}, got {value!r}")
+    if config.dim % config.num_heads:
+        raise ValueError(f"config.num_heads: dim={config.dim} is not divisible by num_heads={config.num_heads}")
+
+
+def check_modality_inputs(
+    modalities: Mapping[str, ModalitySpec], inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None
+) -> dict[str, Tensor | None]:
+    """Check a fusion model's inputs and masks; return ``{name: mask or None}`` for every modality.
+
+    Shapes: inputs: {name: (B, N_m, D_m) float}  masks: {name: (B, N_m) bool} or None (a missing
+    modality means all valid)  ->  {name: (B, N_m) bool or None}
+    """
+    if not isinstance(inputs, Mapping):
+        raise ValueError(f"inputs: expected a dict {{name: (B, N, D) tensor}}, got {type(inputs).__name__}")
+    if set(inputs) != set(modalities):
+        raise ValueError(f"inputs: expected modalities {list(modalities)}, got {list(inputs)}")
+    masks = {} if masks is None else masks
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"masks: expected a dict {{name: (B, N) bool tensor}} or None, got {type(masks).__name__}")
+    unknown = [name for name in masks if name not in modalities]
+    if unknown:
+        raise ValueError(f"masks: unknown modalities {unknown}; expected a subset of {list(modalities)}")
+    sizes: dict[str, int] = {}
+    checked: dict[str, Tensor | None] = {}
+    for name, spec in modalities.items():
+        x = check_tensor(f"inputs[{name!r}]", inputs[name], ("B", None, spec.dim), sizes, dtype="float")
+        mask = masks.get(name)
+        if mask is not None:
+            check_tensor(f"masks[{name!r}]", mask, ("B", x.shape[1]), sizes, dtype="bool")
+        checked[name] = mask
+    return checked
 
 
 FusionBuilder = Callable[[dict[str, ModalitySpec], int, FusionConfig], FusionModel]

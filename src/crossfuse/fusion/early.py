@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crossfuse.blocks import SelfAttentionBlock
+from crossfuse.blocks import SelfAttentionBlock, run_blocks
 from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
-from crossfuse.models.encoders import ConcatPoolHead, check_fusion_args, check_modality_inputs, sequence_encoders
+from crossfuse.fusion.head import ConcatPoolHead
 
 
 @register_fusion("early")
@@ -24,14 +24,13 @@ class EarlyFusion(FusionModel):
     Shapes:
         inputs: {name: (B, N_m, D_m)}  masks: {name: (B, N_m) bool} or None
         ->  FusionOutput(logits (B, C), pooled (B, M * D), modality_logits {name: (B, C)},
-            tokens {name: (B, N_m, D)}, attention {"q->k": (B, H, N_q, N_k)} for every ordered pair of
-            modalities (blocks of the last joint layer's weights) when ``return_attention``)
+            tokens {name: (B, N_m, D)}, weights {layer: {"q->k": (B, H, N_q, N_k)}} for every ordered pair
+            of modalities (blocks of each selected joint layer's weights))
     """
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
-        check_fusion_args(modalities, num_outputs, config)
         super().__init__(modalities, num_outputs, config)
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers)
+        self.encoders = self.default_encoders(config.encoder_layers)
         self.modality_embedding = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(config.dim) * 0.02) for name in modalities}
         )
@@ -40,39 +39,30 @@ class EarlyFusion(FusionModel):
             for _ in range(config.num_layers)
         )
         self.head = ConcatPoolHead(modalities, config.dim, num_outputs)
+        self.attention_depth = config.num_layers
 
-    def forward(
-        self,
-        inputs: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        return_attention: bool = False,
-    ) -> FusionOutput:
-        checked = check_modality_inputs(self.modalities, inputs, masks)
+    def fuse(self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]) -> FusionOutput:
+        """Shapes: as the class; the selected layers' joint weights are cut into per-pair blocks."""
         names = list(self.modalities)
-        streams = [self.encoders[n](inputs[n], checked[n]) + self.modality_embedding[n] for n in names]
+        encoded = self.encode(inputs, masks)
+        streams = [encoded[n] + self.modality_embedding[n] for n in names]
         lengths = [s.shape[1] for s in streams]
         x = torch.cat(streams, dim=1)
         joint_mask = None
-        if any(checked[n] is not None for n in names):
+        if any(masks[n] is not None for n in names):
             joint_mask = torch.cat(
                 [
-                    checked[n] if checked[n] is not None else torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
+                    masks[n] if masks[n] is not None else torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
                     for n, s in zip(names, streams, strict=True)
                 ],
                 dim=1,
             )
-        weights = None
-        for i, block in enumerate(self.blocks):
-            if return_attention and i == len(self.blocks) - 1:
-                x, weights = block(x, joint_mask, return_attention=True)
-            else:
-                x = block(x, joint_mask)
+        x, joint_weights = run_blocks(self.blocks, x, layers, mask=joint_mask)
         tokens = dict(zip(names, x.split(lengths, dim=1), strict=True))
-        logits, pooled, modality_logits = self.head(tokens, checked)
-        attention = None
-        if weights is not None:
-            rows = dict(zip(names, weights.split(lengths, dim=2), strict=True))
-            attention = {
-                f"{q}->{k}": block for q in names for k, block in zip(names, rows[q].split(lengths, dim=3), strict=True)
+        weights = {}
+        for i, w in joint_weights.items():
+            rows = dict(zip(names, w.split(lengths, dim=2), strict=True))
+            weights[i] = {
+                f"{q}->{k}": part for q in names for k, part in zip(names, rows[q].split(lengths, dim=3), strict=True)
             }
-        return FusionOutput(logits, pooled, modality_logits, tokens, attention)
+        return self.readout(tokens, masks, weights)

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
-from crossfuse.models.encoders import check_fusion_args, check_modality_inputs
 
 
 @register_fusion("flatten")
@@ -26,17 +25,16 @@ class FlattenMLPFusion(FusionModel):
     Shapes:
         inputs: {name: (B, N_m, D_m)} with N_m = ModalitySpec.length  masks: {name: (B, N_m) bool} or None
         ->  FusionOutput(logits (B, C), pooled (B, D) (last hidden layer), no modality_logits,
-            tokens or attention)
+            tokens or weights)
     """
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
-        check_fusion_args(modalities, num_outputs, config)
+        super().__init__(modalities, num_outputs, config)
         for name, spec in modalities.items():
             if spec.length is None:
                 raise ValueError(
                     f"modalities[{name!r}]: flatten fusion needs a fixed sequence length, got ModalitySpec.length=None"
                 )
-        super().__init__(modalities, num_outputs, config)
         dim = config.dim
         self.encoders = nn.ModuleDict(
             {name: nn.Linear(spec.length * spec.dim, dim, bias=False) for name, spec in modalities.items()}
@@ -48,13 +46,8 @@ class FlattenMLPFusion(FusionModel):
         self.mlp = nn.Sequential(*hidden)
         self.head = nn.Linear(dim, num_outputs)
 
-    def forward(
-        self,
-        inputs: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        return_attention: bool = False,
-    ) -> FusionOutput:
-        checked = check_modality_inputs(self.modalities, inputs, masks)
+    def fuse(self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]) -> FusionOutput:
+        """Shapes: as the class; ``layers`` is always empty (no attention)."""
         h = self.input_bias
         for name, spec in self.modalities.items():
             x = inputs[name]
@@ -63,8 +56,8 @@ class FlattenMLPFusion(FusionModel):
                     f"inputs[{name!r}]: flatten fusion was built for length {spec.length}, "
                     f"got shape {tuple(x.shape)} (length {x.shape[1]})"
                 )
-            if checked[name] is not None:
-                x = x.masked_fill(~checked[name][..., None], 0.0)
+            if masks[name] is not None:
+                x = x.masked_fill(~masks[name][..., None], 0.0)
             h = h + self.encoders[name](x.flatten(1))
         pooled = self.mlp(h)
         return FusionOutput(self.head(pooled), pooled)

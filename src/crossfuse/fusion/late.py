@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from crossfuse.fusion.base import FusionConfig, FusionModel, FusionOutput, ModalitySpec, register_fusion
-from crossfuse.models.encoders import check_fusion_args, check_modality_inputs, masked_mean, sequence_encoders
+from crossfuse.fusion.head import masked_mean
 
 LATE_COMBINES = ("logits", "probs")
 
@@ -31,35 +31,29 @@ class LateFusion(FusionModel):
         inputs: {name: (B, N_m, D_m)}  masks: {name: (B, N_m) bool} or None
         ->  FusionOutput(logits (B, C), pooled (B, M * D) (experts' pooled features, concatenated),
             modality_logits {name: (B, C)} (each expert's own logits), tokens {name: (B, N_m, D)},
-            attention {"m->m": (B, H, N_m, N_m)} (each expert's last self-attention) when requested)
+            weights {layer: {"m->m": (B, H, N_m, N_m)}} (each expert's self-attention; layers count
+            the expert's ``encoder_layers + num_layers`` blocks) for the selected layers)
     """
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig) -> None:
-        check_fusion_args(modalities, num_outputs, config)
+        super().__init__(modalities, num_outputs, config)
         if config.late_combine not in LATE_COMBINES:
             raise ValueError(f"config.late_combine: expected one of {list(LATE_COMBINES)}, got {config.late_combine!r}")
-        super().__init__(modalities, num_outputs, config)
-        self.encoders = sequence_encoders(modalities, config, config.encoder_layers + config.num_layers)
+        self.encoders = self.default_encoders(config.encoder_layers + config.num_layers)
         self.norms = nn.ModuleDict({name: nn.LayerNorm(config.dim) for name in modalities})
         self.classifiers = nn.ModuleDict({name: nn.Linear(config.dim, num_outputs) for name in modalities})
+        self.attention_depth = config.encoder_layers + config.num_layers
 
-    def forward(
-        self,
-        inputs: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        return_attention: bool = False,
-    ) -> FusionOutput:
-        checked = check_modality_inputs(self.modalities, inputs, masks)
-        tokens, pooled, expert_logits, attention = {}, [], {}, {}
+    def fuse(self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]) -> FusionOutput:
+        """Shapes: as the class; each expert sees its own modality only."""
+        tokens, pooled, expert_logits = {}, [], {}
+        weights: dict[int, dict[str, Tensor]] = {}
         for name in self.modalities:
-            if return_attention:
-                h, weights = self.encoders[name](inputs[name], checked[name], return_attention=True)
-                if weights is not None:
-                    attention[f"{name}->{name}"] = weights
-            else:
-                h = self.encoders[name](inputs[name], checked[name])
+            h, expert_weights = self.encoders[name](inputs[name], masks[name], return_attention=layers)
+            for i, w in expert_weights.items():
+                weights.setdefault(i, {})[f"{name}->{name}"] = w
             tokens[name] = h
-            feature = masked_mean(self.norms[name](h), checked[name])
+            feature = masked_mean(self.norms[name](h), masks[name])
             pooled.append(feature)
             expert_logits[name] = self.classifiers[name](feature)
         stacked = torch.stack(list(expert_logits.values()))  # (M, B, C)
@@ -67,4 +61,4 @@ class LateFusion(FusionModel):
             logits = stacked.mean(dim=0)
         else:
             logits = stacked.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(expert_logits))
-        return FusionOutput(logits, torch.cat(pooled, dim=-1), expert_logits, tokens, attention or None)
+        return FusionOutput(logits, torch.cat(pooled, dim=-1), expert_logits, tokens, weights or None)

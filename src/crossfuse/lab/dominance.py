@@ -41,9 +41,9 @@ from crossfuse.balance import OGMGE, GradientNormMonitor
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.dominance import DominanceConfig, DominanceSplit, dominance_splits
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
+from crossfuse.fusion.head import masked_mean
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import Progress, Result, Size, Table
-from crossfuse.models.encoders import masked_mean
 from crossfuse.train import FitResult, TrainConfig, fit, predict
 
 CLAIM = (
@@ -113,7 +113,7 @@ def encoder_features(model: FusionModel, name: str, data: MultimodalDataset, bat
     for start in range(0, len(data), batch_size):
         x = data.inputs[name][start : start + batch_size]
         mask = data.masks[name][start : start + batch_size]
-        parts.append(masked_mean(model.encoders[name](x, mask), mask))
+        parts.append(masked_mean(model.encoders[name](x, mask).x, mask))
     model.train(was_training)
     return torch.cat(parts)
 

@@ -14,8 +14,8 @@ Checkpoints are a directory with ``config.json`` and ``model.safetensors`` (no p
 Shapes:
     images: (B, C, H, W)  tokens: (B, T) long  ->  logits: (B, T, V)
     encode(images) -> memory: (B, M, D), M = number of patches (or 1 when pooled)
-    decode(tokens, memory, cache) -> logits (B, T, V) and, on request, cross-attention
-    weights per decoder layer: [(B, H, T, M)] * L
+    decode(tokens, memory, cache) -> `DecoderOutput`: logits (B, T, V) and, on request, the
+    cross-attention weights of the selected decoder layers: [(B, H, T, M)] * L_selected
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from crossfuse.attention import KVCache
-from crossfuse.blocks import CrossAttentionBlock
+from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, select_layers
 from crossfuse.data.radiographs import Vocabulary
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.validation import check_tensor
@@ -86,6 +87,16 @@ class DecoderCache:
             cross_cache.reorder(index)
 
 
+class DecoderOutput(NamedTuple):
+    """Logits for every decoded position and the selected layers' cross-attention (layer order).
+
+    Shapes: logits: (B, T, V)  attention: [(B, H, T, M)] per selected layer, or None.
+    """
+
+    logits: Tensor
+    attention: list[Tensor] | None = None
+
+
 class Captioner(nn.Module):
     """Patch encoder + cross-attention decoder + linear head over the vocabulary.
 
@@ -126,45 +137,46 @@ class Captioner(nn.Module):
         tokens: Tensor,
         memory: Tensor,
         cache: DecoderCache | None = None,
-        return_attention: bool = False,
-    ) -> tuple[Tensor, list[Tensor] | None]:
+        return_attention: AttentionLayers = False,
+    ) -> DecoderOutput:
         """Logits for every position of ``tokens``, which continue the ``cache`` (if any).
 
         With a cache, ``tokens`` are the newest positions only (usually one); the memory is
         projected into keys/values on the first call and reused afterwards.
 
-        Shapes: tokens: (B, T)  memory: (B, M, D)  ->  logits: (B, T, V),
-        attention: [(B, H, T, M)] per layer, or None.
+        ``return_attention``: False, True or ``"all"`` (every layer), ``"last"`` or 0-based layer
+        indices; only those layers compute weights.
+
+        Shapes: tokens: (B, T)  memory: (B, M, D)  ->  DecoderOutput(logits: (B, T, V),
+        attention: [(B, H, T, M)] per selected layer, or None).
         """
         start = 0 if cache is None else cache.length
         if start + tokens.shape[1] > self.config.max_len:
             raise ValueError(f"tokens: positions up to {start + tokens.shape[1]} exceed max_len={self.config.max_len}")
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.token_embed(tokens) + self.pos_embed(positions)
-        attention = [] if return_attention else None
+        layers = select_layers(return_attention, len(self.blocks), true_means="all")
+        attention = [] if layers else None
         # One new token is the last position: it sees every cached key, so no causal mask is needed.
         causal = tokens.shape[1] > 1
         for i, block in enumerate(self.blocks):
             self_cache, cross_cache = (None, None) if cache is None else cache.layers[i]
-            out = block(
+            x, weights = block(
                 x,
                 memory,
                 causal=causal,
                 self_cache=self_cache,
                 cross_cache=cross_cache,
-                return_attention=return_attention,
+                return_attention=i in layers,
             )
-            if return_attention:
-                x, weights = out
+            if weights is not None:
                 attention.append(weights)
-            else:
-                x = out
-        return self.head(self.norm(x)), attention
+        return DecoderOutput(self.head(self.norm(x)), attention)
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits. Shapes: images: (B, C, H, W)  tokens: (B, T) long  ->  (B, T, V)."""
         self.check_inputs(images, tokens)
-        logits, _ = self.decode(tokens, self.encode(images))
-        return logits
+        return self.decode(tokens, self.encode(images)).logits
 
     def check_inputs(self, images: Tensor, tokens: Tensor | None = None) -> None:
         """Validate user-facing inputs once, at the boundary."""

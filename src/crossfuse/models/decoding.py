@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from crossfuse.models.captioner import Captioner
+from crossfuse.blocks import AttentionLayers
+from crossfuse.models.captioner import Captioner, DecoderCache
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Generation:
     """Generated token ids per image, their scores and (on request) cross-attention per token.
 
     Shapes: tokens: B lists of T_i ids (without BOS and EOS)  scores: (B,) (greedy: summed
-    log-probability, EOS included; beam: length-penalised)  attention: B tensors (T_i, L, H, M) or None.
+    log-probability, EOS included; beam: length-penalised)  attention: B tensors (T_i, L, H, M) or None,
+    L = the decoder layers selected by ``return_attention`` (True = all).
     """
 
     tokens: list[list[int]]
@@ -46,15 +48,15 @@ class Generation:
 
 
 def _step(
-    model: Captioner, tokens: Tensor, memory: Tensor, cache, return_attention: bool
+    model: Captioner, tokens: Tensor, memory: Tensor, cache: DecoderCache | None, return_attention: AttentionLayers
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probabilities of the next token (B, V) and that step's cross-attention (B, L, H, M)."""
+    """Log-probabilities of the next token (B, V) and that step's cross-attention (B, L, H, M) or None."""
     inputs = tokens[:, -1:] if cache is not None else tokens
     logits, attention = model.decode(inputs, memory, cache, return_attention)
     logits = logits[:, -1].float()
     # BOS and PAD are never generated.
     logits[:, [model.config.pad_id, model.config.bos_id]] = float("-inf")
-    weights = None if attention is None else torch.stack([a[:, :, -1] for a in attention], dim=1)
+    weights = None if not attention else torch.stack([a[:, :, -1] for a in attention], dim=1)
     return logits.log_softmax(dim=-1), weights
 
 
@@ -72,7 +74,7 @@ def greedy_decode(
     images: Tensor,
     max_len: int | None = None,
     use_cache: bool = True,
-    return_attention: bool = False,
+    return_attention: AttentionLayers = False,
     ignore_eos: bool = False,
     memory: Tensor | None = None,
 ) -> Generation:
@@ -108,7 +110,7 @@ def greedy_decode(
                 break
     out = [tokens[i, 1 : 1 + int(lengths[i])].tolist() for i in range(batch)]
     attention = None
-    if return_attention:
+    if steps:
         stacked = torch.stack(steps, dim=1)  # (B, steps, L, H, M)
         attention = [stacked[i, : len(out[i])] for i in range(batch)]
     return Generation(out, scores, attention)
@@ -122,7 +124,7 @@ def beam_search(
     max_len: int | None = None,
     length_penalty: float = 1.0,
     use_cache: bool = True,
-    return_attention: bool = False,
+    return_attention: AttentionLayers = False,
     memory: Tensor | None = None,
 ) -> Generation:
     """Keep the ``beam_size`` best hypotheses per image; return the best by length-penalised score.

@@ -63,12 +63,13 @@ class PatchEncoder(nn.Module):
         check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
 
     def forward(self, images: Tensor) -> Tensor:
+        """Shapes: images: (B, C, H, W)  ->  patches: (B, N, D)."""
         if self.standardize:
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
         x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         for block in self.blocks:
-            x = block(x)
+            x = block(x).x
         return self.norm(x)
 
     def layers(self) -> dict[str, list[nn.Parameter]]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from crossfuse.blocks import CrossAttentionBlock, SelfAttentionBlock
+from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, SelfAttentionBlock, run_blocks, select_layers
 from crossfuse.validation import check_tensor
 
 
@@ -44,9 +45,8 @@ class SequenceDecoderConfig:
     context_stride: int = 1  # CrossSequenceDecoder: bins per context token (patches; 1 = one token per bin)
 
 
-@dataclass
-class SequenceOutput:
-    """Per-bin prediction and, on request, attention weights.
+class SequenceOutput(NamedTuple):
+    """Per-bin prediction and, on request, attention weights of the selected layers (1-based labels).
 
     Shapes: prediction: (B, T, K)  attention: {"layer i": (B, H, T_q, T_k)} or None.
     """
@@ -114,6 +114,7 @@ class BinEmbedding(nn.Module):
         return torch.arange(-(-length // self.stride), dtype=torch.float32) * self.stride + (self.stride - 1) / 2
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Shapes: x: (B, T, D_in)  mask: (B, T) bool or None  ->  (B, ceil(T / s), dim), mask or None."""
         if mask is not None:
             x = x * mask[..., None]
         pad = -x.shape[1] % self.stride
@@ -147,7 +148,37 @@ def _check_inputs(
     return out
 
 
-class CrossSequenceDecoder(nn.Module):
+class _SequenceDecoder(nn.Module):
+    """Shared entry of both decoders: validate the inputs once, select the layers, then ``decode``.
+
+    Subclasses set ``dims``, ``config`` and ``layers`` (the stack whose weights can be returned).
+    """
+
+    dims: dict[str, int]
+    config: SequenceDecoderConfig
+    layers: nn.ModuleList
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        masks: dict[str, Tensor] | None = None,
+        return_attention: AttentionLayers = False,
+    ) -> SequenceOutput:
+        """Shapes: see the subclass. ``return_attention``: False, True or ``"all"`` (every layer), ``"last"``
+        or 0-based layer indices; only those layers run the weights path."""
+        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
+        layers = select_layers(return_attention, len(self.layers), true_means="all")
+        prediction, weights = self.decode(inputs, checked, layers)
+        return SequenceOutput(prediction, {f"layer {i + 1}": w for i, w in sorted(weights.items())} if layers else None)
+
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Prediction (B, T, K) and ``{layer: weights}`` for ``layers``, from validated inputs."""
+        raise NotImplementedError
+
+
+class CrossSequenceDecoder(_SequenceDecoder):
     """Query-stream bins attend over the context stream; one prediction per query bin.
 
     Args:
@@ -156,8 +187,9 @@ class CrossSequenceDecoder(nn.Module):
         num_outputs: K, values predicted per bin.
 
     Shapes: inputs {query: (B, T_q, D_q), context: (B, T_k, D_k)}, masks (B, T_m) bool or None
-    ->  prediction (B, T_q, K); with ``return_attention`` also {"layer i": (B, H, T_q, N_k)}, where
-    N_k = ceil(T_k / config.context_stride) context tokens centred at `context_times` (bins).
+    ->  prediction (B, T_q, K); with ``return_attention`` also {"layer i": (B, H, T_q, N_k)} for the
+    selected cross-attention layers (True = all), where N_k = ceil(T_k / config.context_stride) context
+    tokens centred at `context_times` (bins).
     """
 
     def __init__(
@@ -198,32 +230,27 @@ class CrossSequenceDecoder(nn.Module):
         """Centre (in context bins) of each context token for a context of ``length`` bins. Shapes: -> (N_k,)"""
         return self.embed[self.context].token_times(length)
 
-    def forward(
-        self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None, return_attention: bool = False
-    ) -> SequenceOutput:
-        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
-        q_mask, c_mask = checked[self.query], checked[self.context]
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Shapes: see the class; weights {layer: (B, H, T_q, N_k)}."""
+        q_mask, c_mask = masks[self.query], masks[self.context]
         context, c_mask = self.embed[self.context](inputs[self.context], c_mask)
-        for block in self.context_encoder:
-            context = block(context, mask=c_mask)
+        context = run_blocks(self.context_encoder, context, (), mask=c_mask).x
         x, _ = self.embed[self.query](inputs[self.query], q_mask)
-        attention: dict[str, Tensor] = {}
-        for i, block in enumerate(self.layers):
-            result = block(x, context, mask=q_mask, context_mask=c_mask, return_attention=return_attention)
-            x, weights = result if return_attention else (result, None)
-            if weights is not None:
-                attention[f"layer {i + 1}"] = weights
-        return SequenceOutput(self.head(x), attention if return_attention else None)
+        x, weights = run_blocks(self.layers, x, layers, context=context, mask=q_mask, context_mask=c_mask)
+        return self.head(x), weights
 
 
-class EarlySequenceDecoder(nn.Module):
+class EarlySequenceDecoder(_SequenceDecoder):
     """Early fusion on one timeline: per-bin features of all streams concatenated, then self-attention.
 
     Every stream must have the same number of bins T; a bin is valid where all masks are True.
     With one modality in ``dims`` this is the unimodal decoder.
 
     Shapes: inputs {name: (B, T, D_m)}, masks (B, T) bool or None  ->  prediction (B, T, K);
-    with ``return_attention`` also {"layer i": (B, H, T, T)} (self-attention).
+    with ``return_attention`` also {"layer i": (B, H, T, T)} (self-attention) for the selected layers
+    (True = all).
     """
 
     def __init__(self, dims: dict[str, int], num_outputs: int, config: SequenceDecoderConfig | None = None) -> None:
@@ -241,22 +268,17 @@ class EarlySequenceDecoder(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(config.dim), nn.Linear(config.dim, num_outputs))
 
-    def forward(
-        self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None, return_attention: bool = False
-    ) -> SequenceOutput:
-        checked = _check_inputs(inputs, masks, self.dims, self.config.max_len)
+    def decode(
+        self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Shapes: see the class; weights {layer: (B, H, T, T)}."""
         lengths = {name: inputs[name].shape[1] for name in self.dims}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"inputs: early fusion needs one timeline (equal T per modality), got lengths {lengths}")
         mask = None
-        for m in checked.values():
+        for m in masks.values():
             if m is not None:
                 mask = m if mask is None else mask & m
         x, _ = self.embed(torch.cat([inputs[name] for name in self.dims], dim=-1), mask)
-        attention: dict[str, Tensor] = {}
-        for i, block in enumerate(self.layers):
-            result = block(x, mask=mask, return_attention=return_attention)
-            x, weights = result if return_attention else (result, None)
-            if weights is not None:
-                attention[f"layer {i + 1}"] = weights
-        return SequenceOutput(self.head(x), attention if return_attention else None)
+        x, weights = run_blocks(self.layers, x, layers, mask=mask)
+        return self.head(x), weights
