@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from crossfuse.data.dataset import MultimodalDataset
+from crossfuse.fusion.head import masked_mean
 
 TASKS = ("classification", "multilabel", "regression")
 
@@ -28,11 +29,7 @@ def pooled_features(data: MultimodalDataset, batch_rows: int = 4096) -> Tensor:
     parts = []
     for start in range(0, len(data), batch_rows):
         batch = data[torch.arange(start, min(len(data), start + batch_rows))]
-        pooled = []
-        for name in data.inputs:
-            x, mask = batch["inputs"][name].float(), batch["masks"][name]
-            weight = mask.to(x.dtype)[..., None]
-            pooled.append((x * weight).sum(1) / weight.sum(1).clamp_min(1.0))
+        pooled = [masked_mean(batch["inputs"][name].float(), batch["masks"][name]) for name in data.inputs]
         parts.append(torch.cat(pooled, dim=-1))
     return torch.cat(parts)
 
