@@ -21,14 +21,7 @@ from crossfuse.data.dominance import DominanceConfig, dominance_splits, hard_ora
 from crossfuse.fusion import FusionConfig, ModalitySpec, build_fusion
 from crossfuse.train import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPECS = {"easy": ModalitySpec(8, 4), "hard": ModalitySpec(16, 16)}

@@ -18,14 +18,7 @@ from crossfuse.models.captioner import (
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.train import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONFIG = CaptionerConfig(vocab_size=11, image_size=32, patch_size=8, dim=32, num_heads=2, max_len=12)

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from crossfuse.cli import main
 from crossfuse.data.radiographs import SPECIALS, save_png, tokenize
 from crossfuse.models.captioner import load_captioner
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: one thread is as fast and immune to busy cores

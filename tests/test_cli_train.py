@@ -22,12 +22,7 @@ from crossfuse.train import classification_metrics, predict, regression_metrics
 SMALL = ["--epochs", "2", "--batch-size", "32", "--dim", "8", "--heads", "2", "--layers", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,7 @@ import torch
 from crossfuse.models.captioner import Captioner, CaptionerConfig
 from crossfuse.models.decoding import beam_search, greedy_decode
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(vocab_size: int = 12, eos_bias: float = 0.0, max_len: int = 16, seed: int = 0) -> Captioner:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from crossfuse.lab.runner import run_lab
-from crossfuse.report.html import write_report
+from crossfuse.viz.html import write_report
 from fake_experiments import BLUE_CELLS, GRID, RED_CELLS, install, run_explorer
 
 pytestmark = pytest.mark.slow

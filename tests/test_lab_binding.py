@@ -8,7 +8,7 @@ import torch
 from crossfuse.data.scenes import HELD_OUT, binding_splits
 from crossfuse.lab import binding
 from crossfuse.lab.result import Result, run_experiment
-from crossfuse.report.explorer import example_problems
+from crossfuse.viz.explorer import example_problems
 
 
 def test_subsets_follow_their_definitions() -> None:

@@ -11,14 +11,7 @@ from crossfuse.data.dominance import dominance_splits
 from crossfuse.lab import dominance as experiment
 from crossfuse.lab.result import run_experiment
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_smoke_run_returns_a_complete_inconclusive_result():

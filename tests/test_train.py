@@ -30,13 +30,7 @@ from crossfuse.train import (
 SPECS = {"a": ModalitySpec(3, 4), "b": ModalitySpec(2, 5)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and alike in every process) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyFusion(FusionModel):

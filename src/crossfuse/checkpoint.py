@@ -32,6 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 
+from crossfuse.atomic import atomic_write_json
+
 MODEL_FILE = "model.safetensors"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
@@ -148,13 +150,7 @@ def _fsync(path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def resolve_checkpoint(directory: Path) -> Path | None:

@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 def cmd_attention_demo(args: argparse.Namespace) -> int:
     """Print a word's attention over a toy image and save the heatmap."""
     from crossfuse.demo import COLOURS, toy_image, word_attention
-    from crossfuse.report.figures import save_attention_demo
+    from crossfuse.viz.figures import save_attention_demo
 
     image = toy_image(seed=args.seed)
     weights = word_attention(image, args.word)
@@ -64,7 +64,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     import time
 
     from crossfuse.lab.runner import resolve_names, run_lab
-    from crossfuse.report.html import write_report
+    from crossfuse.viz.html import write_report
 
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds: expected an integer >= 1, got {args.seeds}")
@@ -526,7 +526,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from crossfuse.data.radiographs import detokenize, load_png
     from crossfuse.models.captioner import load_captioner
     from crossfuse.models.decoding import beam_search, greedy_decode
-    from crossfuse.report.heatmaps import write_word_heatmaps
+    from crossfuse.viz.heatmaps import write_word_heatmaps
 
     if args.beam < 1:
         raise ValueError(f"--beam: expected an integer >= 1, got {args.beam}")

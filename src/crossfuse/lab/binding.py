@@ -23,8 +23,6 @@ still measured and shown in every table, and no strategy exceeds chance by much 
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from dataclasses import asdict, dataclass
 
@@ -38,6 +36,7 @@ from matplotlib.patches import Rectangle
 from torch.utils.data import DataLoader
 
 from crossfuse.data.scenes import HELD_OUT, BindingSet, SceneConfig, binding_splits, question_category
+from crossfuse.embed import png_data_uri
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import Progress, Result, Size, Table
@@ -258,13 +257,6 @@ def accuracy_figure(per_strategy: dict[str, dict[str, list[float]]]) -> bytes:
     return figure_png(fig)
 
 
-def _png_data_uri(image: np.ndarray, scale: int) -> str:
-    big = np.kron(image, np.ones((scale, scale, 1)))
-    buffer = io.BytesIO()
-    plt.imsave(buffer, big, format="png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def explorer_examples(data: BindingSet, index: list[int], weights: torch.Tensor, predicted: list[int]) -> dict:
     """``extras["explorer"]`` of kind "binding": image, question words, attention per word, asked boxes.
 
@@ -281,7 +273,7 @@ def explorer_examples(data: BindingSet, index: list[int], weights: torch.Tensor,
             attention[f"last layer / head {h + 1}"] = w[h].tolist()
         examples.append(
             {
-                "image": _png_data_uri(_rgb(data, i), scale),
+                "image": png_data_uri(_rgb(data, i), scale),
                 "image_size": [size * scale, size * scale],
                 "grid": [grid, grid],
                 "text": f"is there a {color} {shape}? (cross says {'yes' if pred else 'no'})",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
-from typing import Any
 
 import matplotlib
 
@@ -39,16 +37,3 @@ def verdict(passed: bool, precondition_met: bool | None = True, enough_data: boo
     if not enough_data or precondition_met is False:
         return "inconclusive"
     return "supported" if passed else "not supported"
-
-
-def jsonable(value: Any) -> Any:
-    """Nested dicts/lists of numbers made JSON-safe: numpy scalars to Python, NaN/inf to None, keys to str."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

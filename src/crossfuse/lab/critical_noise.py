@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 from crossfuse import theory
 from crossfuse.attention import CrossAttention
 from crossfuse.data.dataset import MultimodalDataset
-from crossfuse.lab.common import figure_png, jsonable, mean_std, verdict
+from crossfuse.embed import jsonable
+from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, make_loader
 

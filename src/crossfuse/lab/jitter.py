@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.neural import NeuralTrials, make_neural_trials
-from crossfuse.lab.common import figure_png, jsonable, mean_std, verdict
+from crossfuse.embed import jsonable
+from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.models.sequence_decoder import CrossSequenceDecoder, EarlySequenceDecoder, SequenceDecoderConfig
 from crossfuse.train import TrainConfig, fit, make_loader, regression_metrics

@@ -22,8 +22,6 @@ for ``crossfuse caption``.
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 
 import matplotlib
@@ -44,6 +42,7 @@ from crossfuse.data.radiographs import (
     max_report_length,
     write_report,
 )
+from crossfuse.embed import png_data_uri
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.grounding import (
     asserted_finding_positions,
@@ -374,14 +373,6 @@ def _pick_examples(studies: list[Study], count: int) -> list[int]:
     return chosen[:count]
 
 
-def _png_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _explorer(trained: TrainedCaptioner, words: list[list[str]], attention: list[torch.Tensor], picks: list[int]):
     grid = list(trained.model.grid)
     examples = []
@@ -393,7 +384,7 @@ def _explorer(trained: TrainedCaptioner, words: list[list[str]], attention: list
                 maps[f"layer {layer + 1} / head {head + 1}"] = att[:, layer, head].tolist()
         examples.append(
             {
-                "image": _png_data_uri(study.image),
+                "image": png_data_uri(study.image),
                 "image_size": [IMAGE_SIZE, IMAGE_SIZE],
                 "grid": grid,
                 "text": detokenize(words[j]),

@@ -11,7 +11,7 @@ Layout of an output directory::
     <name>/<figure>.png     # the figures of the Result
 
 ``results.json`` is rewritten after each experiment, so an interrupted run keeps what finished. The HTML
-report is rendered from it by `crossfuse.report.html.write_report` (the report layer sits above the lab).
+report is rendered from it by `crossfuse.viz.html.write_report` (the report layer sits above the lab).
 
 Shapes: no tensors; ``run_lab(names, size, seed, num_seeds, out)  ->  LabRun`` (records in run order).
 """
@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from crossfuse.atomic import atomic_write_text
+from crossfuse.embed import jsonable
 from crossfuse.lab import result as lab_result
 from crossfuse.lab.result import SIZES, Result, Size
 
@@ -120,22 +122,7 @@ class LabRun:
 
     def save(self) -> Path:
         """Write ``results.json`` atomically (a reader never sees half a file)."""
-        text = json.dumps(self.to_json(), indent=2, default=_jsonable)
-        tmp = self.results_path.with_suffix(".json.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.results_path)
-        return self.results_path
-
-
-def _jsonable(value: Any) -> Any:
-    """``json.dumps`` fallback for numpy/torch values a Result may carry; anything else becomes its repr."""
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    return repr(value)
+        return atomic_write_text(self.results_path, json.dumps(jsonable(self.to_json()), indent=2))
 
 
 def safe_filename(name: str) -> str:
@@ -382,7 +369,7 @@ def run_experiment(
             if error is None:
                 record.result, record.status = value, "ok"
                 record.figure_files = _write_figures(value, directory)
-                json.dumps(record.to_json(), default=_jsonable)  # fails here, not later in results.json
+                json.dumps(jsonable(record.to_json()))  # fails here, not later in results.json
             else:
                 record.error = error
         except KeyboardInterrupt:

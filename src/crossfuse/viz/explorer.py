@@ -21,6 +21,8 @@ from html import escape
 from numbers import Real
 from typing import Any
 
+from crossfuse.embed import jsonable
+
 _DATA_URI = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*\Z")
 _LABELS = {"report": ("generated report", "reference"), "binding": ("question", "answer")}
 DISPLAY_PX = 288
@@ -29,21 +31,10 @@ DISPLAY_PX = 288
 
 def embed_json(value: Any) -> str:
     """JSON safe inside a ``<script type="application/json">`` element: no ``</script>``, ``<!--`` or NaN."""
-    text = json.dumps(_finite(value), allow_nan=False, separators=(",", ":"))
+    text = json.dumps(jsonable(value), allow_nan=False, separators=(",", ":"))
     for char in "<>&\u2028\u2029":
         text = text.replace(char, f"\\u{ord(char):04x}")
     return text
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None (JSON has no such numbers); containers recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _is_pair(value: Any) -> bool:

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossfuse.lab.runner import ExperimentRecord, run_lab
-from crossfuse.report.explorer import embed_json, example_problems, render_explorer
-from crossfuse.report.html import render_report, write_report
+from crossfuse.viz.explorer import embed_json, example_problems, render_explorer
+from crossfuse.viz.html import render_report, write_report
 from fake_experiments import EVIL, explorer_data, install, ok_result, run_boom, run_evil, run_explorer, run_ok
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from crossfuse.report.explorer import EXPLORER_CSS, EXPLORER_SCRIPT, render_explorer
+from crossfuse.atomic import atomic_write_text
+from crossfuse.viz.explorer import EXPLORER_CSS, EXPLORER_SCRIPT, render_explorer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _BADGE = {"supported": "ok", "not supported": "bad", "inconclusive": "unk", "failed": "fail"}
@@ -223,8 +223,4 @@ def write_report(out: str | Path) -> Path:
         raise FileNotFoundError(f"report: expected {str(results)!r} (a lab run directory), not found")
     record = json.loads(results.read_text(encoding="utf-8"))
     page = render_report(record, _load_figures(out, list(record.get("experiments") or [])))
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "report.html", page)

@@ -1,1 +1,0 @@
-"""Figures, the HTML report and the attention explorer."""
