@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crossfuse import cli_data
+from crossfuse.config_file import add_config_argument, apply_config_defaults
+
 
 class UsageError(Exception):
     """A user mistake the CLI reports in one line."""
@@ -581,15 +584,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parsers(sub)
     _add_lab_parser(sub)
     _add_caption_parsers(sub)
+    cli_data.register(sub)
+    for command in ("train", "compare"):
+        add_config_argument(sub.choices[command])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ignored = apply_config_defaults(parser, argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"crossfuse: error: {error}", file=sys.stderr)
+        return 2
+    if ignored:
+        print(f"config: not command-line options, ignored: {', '.join(ignored)}", file=sys.stderr)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (UsageError, ValueError, OSError) as error:
         if os.environ.get("CROSSFUSE_DEBUG"):
             raise
         print(f"crossfuse: error: {error}", file=sys.stderr)
