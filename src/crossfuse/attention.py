@@ -155,13 +155,8 @@ class CrossAttention(nn.Module):
             valid_rows = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=q.device)
         dropout_p = self.dropout if self.training else 0.0
         if return_attention:
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            if valid_rows is not None:
-                weights = weights.masked_fill(~valid_rows, 0.0)
-            heads = F.dropout(weights, dropout_p, self.training) @ v
+            weights = attention_weights(q, k, mask, valid_rows)
+            heads = (F.dropout(weights, dropout_p, self.training) if dropout_p else weights) @ v
         else:
             use_causal_flag = causal and mask is None
             heads = F.scaled_dot_product_attention(
@@ -237,6 +232,51 @@ class CrossAttention(nn.Module):
             ):
                 raise ValueError(f"attn_mask: expected shape {expected}, got {tuple(attn_mask.shape)}")
             check_tensor("attn_mask", attn_mask, (None, sizes["Nq"], n_keys), dtype="bool")  # rank, type, dtype
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, valid_rows: Tensor | None = None) -> Tensor:
+    """Attention weights ``softmax(q k^T / sqrt(d_head))`` with masked keys at 0.
+
+    Shapes:
+        q: (B, H, Nq, dh)  k: (B, H, Nk, dh)  mask: (B|1, 1|H, Nq|1, Nk) bool, True = attend, or None
+        valid_rows: (B|1, 1, Nq|1, 1) bool, False = the row has no key (its weights are set to 0)
+        ->  weights: (B, H, Nq, Nk)
+
+    The same math as MHA's ``need_weights=True`` path, at its speed: the scale is folded into ``q``
+    (Nq x dh, not Nq x Nk multiplications), the scores are the one (B, H, Nq, Nk) buffer, masked and
+    soft-maxed in place when no gradient is needed. Rows of ``mask`` must have a True somewhere (the
+    caller gives fully masked rows every key and passes ``valid_rows``), so no row is 0/0.
+    Under ``torch.compile``/``torch.export`` plain out-of-place ops are used (no in-place tracing).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, n_query, dh = q.shape
+    n_key = k.shape[2]
+    plain = torch.compiler.is_compiling()
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    if plain:
+        scores = (q * scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        if valid_rows is not None:
+            weights = weights.masked_fill(~valid_rows, 0.0)
+        return weights
+    # one (B*H, Nq, Nk) buffer: bmm of the pre-scaled queries; reshape is a view for contiguous heads
+    scores = torch.bmm(
+        (q * scale).reshape(batch * heads, n_query, dh), k.reshape(batch * heads, n_key, dh).transpose(1, 2)
+    )
+    scores = scores.view(batch, heads, n_query, n_key)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))  # safe under autograd: bmm does not save its output
+    if needs_grad:
+        weights = scores.softmax(dim=-1)  # softmax saves its output for backward: no in-place after it
+        if valid_rows is not None and not bool(valid_rows.all()):
+            weights = weights.masked_fill(~valid_rows, 0.0)
+        return weights
+    torch.softmax(scores, dim=-1, out=scores)
+    if valid_rows is not None:
+        scores.masked_fill_(~valid_rows, 0.0)
+    return scores
 
 
 def _combine_masks(

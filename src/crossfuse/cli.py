@@ -75,9 +75,22 @@ def cmd_lab(args: argparse.Namespace) -> int:
     names = resolve_names([one], "NAME") if one else resolve_names(args.only)
     _set_threads(args.threads)
     started = time.monotonic()
-    lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out)
+    jobs = args.jobs if args.jobs == "auto" else _int_or_usage("--jobs", args.jobs)
+    try:
+        lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out, jobs=jobs)
+    except (ValueError, FileExistsError) as error:  # library errors name arguments; the user typed flags
+        flags = {"out:": "--out:", "jobs:": "--jobs:", "num_seeds:": "--seeds:", "size:": "--size:"}
+        text = str(error)
+        raise type(error)(next((f + text[len(a) :] for a, f in flags.items() if text.startswith(a)), text)) from None
     report = write_report(lab.out)
     return _print_lab_end(lab, report, started)
+
+
+def _int_or_usage(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{flag}: expected an integer >= 1 or 'auto', got {value!r}") from None
 
 
 def cmd_lab_list(args: argparse.Namespace) -> int:
@@ -109,6 +122,9 @@ def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
         type=int,
         default=default(1),
         help="torch CPU threads (default 1: the lab's models are small, and more threads on a busy CPU slow them down)",
+    )
+    parser.add_argument(
+        "--jobs", default=default("auto"), help="experiments at once, in worker processes: N or auto (default)"
     )
 
 
