@@ -42,6 +42,10 @@ class KVCache:
         """Number of cached key positions (0 when empty)."""
         return 0 if self.key is None else self.key.shape[2]
 
+    def reset(self) -> None:
+        """Forget the cached keys, values and mask (start a new sequence; ``static`` is kept)."""
+        self.key = self.value = self.mask = None
+
     def reorder(self, index: Tensor) -> None:
         """Select batch rows in place, e.g. the surviving hypotheses of a beam search.
 
@@ -105,6 +109,13 @@ class CrossAttention(nn.Module):
         out_dim: int | None = None,
     ) -> None:
         super().__init__()
+        for arg, value in (("query_dim", query_dim), ("context_dim", context_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg}: expected an integer >= 1, got {value!r}")
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
+            raise ValueError(f"head_dim: expected an integer >= 1 or None, got {head_dim!r}")
+        if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         if head_dim is None:
             if query_dim % num_heads:
                 raise ValueError(
@@ -162,7 +173,7 @@ class CrossAttention(nn.Module):
             heads = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=use_causal_flag
             )
-        out = self.to_out(heads.transpose(1, 2).reshape(batch, n_query, -1))
+        out = self.to_out(heads.transpose(1, 2).reshape(batch, n_query, self.num_heads * self.head_dim))
         if valid_rows is not None:
             out = out.masked_fill(~valid_rows[:, 0], 0.0)  # (B|1, Nq|1, 1) broadcasts over D
         if return_attention:
@@ -179,6 +190,8 @@ class CrossAttention(nn.Module):
         if cache is not None and cache.static and cache.key is not None:
             return cache.key, cache.value, cache.mask
         source = query if context is None else context
+        if context_mask is not None:  # padding may hold anything (NaN, inf): 0 * NaN would leak through the weights
+            source = source.masked_fill(~context_mask[:, :, None], 0.0)
         k, v = self._split_heads(self.to_k(source)), self._split_heads(self.to_v(source))
         if cache is None:
             return k, v, context_mask
@@ -194,6 +207,12 @@ class CrossAttention(nn.Module):
     ) -> None:
         sizes: dict[str, int] = {}
         check_tensor("query", query, ("B", "Nq", self.query_dim), sizes, dtype="float")
+        weight = self.to_q.weight
+        if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
+            raise ValueError(
+                f"query: expected dtype {weight.dtype} (the module's parameters), got {query.dtype}; "
+                "call .to(dtype) on the module or the input, or run under torch.autocast"
+            )
         reuse_static = cache is not None and cache.static and cache.key is not None
         if context is None and not reuse_static and self.context_dim != self.query_dim:
             raise ValueError(
@@ -202,6 +221,11 @@ class CrossAttention(nn.Module):
             )
         if context is not None and not reuse_static:
             check_tensor("context", context, ("B", "Nk", self.context_dim), sizes, dtype="float")
+            if context.dtype != query.dtype and not torch.is_autocast_enabled(query.device.type):
+                raise ValueError(
+                    f"context: expected dtype {query.dtype} (the query's), got {context.dtype}; "
+                    "cast one of them or run under torch.autocast"
+                )
         elif reuse_static:
             sizes["Nk"] = cache.length
             if cache.key.shape[0] != sizes["B"]:
