@@ -1,4 +1,4 @@
-"""Runs lab experiments one after another: progress display, per-experiment logs, failures, ``results.json``.
+"""Runs lab experiments, one after another or ``jobs`` at a time in worker processes: progress, logs, failures.
 
 An experiment that raises, returns something that is not a `Result`, or whose module is missing is
 recorded as failed with its error and traceback; the others still run. Nothing written before is lost:
@@ -13,7 +13,11 @@ Layout of an output directory::
 ``results.json`` is rewritten after each experiment, so an interrupted run keeps what finished. The HTML
 report is rendered from it by `crossfuse.viz.html.write_report` (the report layer sits above the lab).
 
-Shapes: no tensors; ``run_lab(names, size, seed, num_seeds, out)  ->  LabRun`` (records in run order).
+Each experiment is seeded before it starts, so a parallel run gives the results of a serial one. Expected
+times (``Plan.expected_s``, measured on `crossfuse.lab.result.REFERENCE_MACHINE`) are scaled by a speed
+probe (`crossfuse.lab.speed`); the records and the run's environment live in `crossfuse.lab.records`.
+
+Shapes: no tensors; ``run_lab(names, size, seed, num_seeds, out, jobs)  ->  LabRun`` (records in ``names`` order).
 """
 
 from __future__ import annotations
@@ -22,33 +26,42 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import random
-import re
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossfuse.atomic import atomic_write_text
 from crossfuse.embed import jsonable
 from crossfuse.lab import result as lab_result
 from crossfuse.lab.progress import ParallelProgress, ProgressDisplay
+from crossfuse.lab.records import (
+    RESULTS_FORMAT,
+    ExperimentRecord,
+    LabRun,
+    environment,
+    new_output_dir,
+    safe_filename,
+)
 from crossfuse.lab.result import SIZES, Result, Size
 from crossfuse.lab.speed import SpeedProbe, speed_factor
 
-__all__ = ["ExperimentRecord", "LabRun", "ProgressDisplay", "auto_jobs", "new_output_dir", "resolve_jobs", "run_lab"]
-
-RESULTS_FORMAT = 1
-"""Version of the ``results.json`` layout (bump on incompatible changes)."""
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+__all__ = [
+    "RESULTS_FORMAT",
+    "ExperimentRecord",
+    "LabRun",
+    "ProgressDisplay",
+    "auto_jobs",
+    "environment",
+    "new_output_dir",
+    "resolve_jobs",
+    "run_lab",
+    "safe_filename",
+]
 
 
 def expected_seconds(name: str, size: Size) -> float | None:
@@ -57,173 +70,6 @@ def expected_seconds(name: str, size: Size) -> float | None:
         return lab_result.resolve_plan(lab_result.load_experiment(name), size).expected_s
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-@dataclass
-class ExperimentRecord:
-    """How one experiment went: ``status`` "ok" or "failed", its `Result` (if any), error and files."""
-
-    name: str
-    status: str
-    wall_time_s: float
-    result: Result | None = None
-    error: str | None = None
-    traceback: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    log: str = ""
-    figure_files: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "wall_time_s": self.wall_time_s,
-            "error": self.error,
-            "traceback": self.traceback,
-            "warnings": self.warnings,
-            "log": self.log,
-            "figure_files": self.figure_files,
-            "interrupted": self.interrupted,
-            "result": None if self.result is None else self.result.to_json(),
-        }
-
-
-@dataclass
-class LabRun:
-    """A whole lab run: where it was written, the settings, the environment and every record."""
-
-    out: Path
-    size: Size
-    seed: int
-    num_seeds: int | None
-    environment: dict[str, Any]
-    records: list[ExperimentRecord] = field(default_factory=list)
-    started: str = ""
-    wall_time_s: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.name for r in self.records if r.status != "ok"]
-
-    @property
-    def results_path(self) -> Path:
-        return self.out / "results.json"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": RESULTS_FORMAT,
-            "started": self.started,
-            "wall_time_s": self.wall_time_s,
-            "interrupted": self.interrupted,
-            "size": self.size,
-            "seed": self.seed,
-            "num_seeds": self.num_seeds,
-            "environment": self.environment,
-            "experiments": [r.to_json() for r in self.records],
-        }
-
-    def save(self) -> Path:
-        """Write ``results.json`` atomically (a reader never sees half a file)."""
-        return atomic_write_text(self.results_path, json.dumps(jsonable(self.to_json()), indent=2))
-
-
-def safe_filename(name: str) -> str:
-    """``name`` reduced to ``[A-Za-z0-9_.-]`` without leading dots, so it stays inside its directory."""
-    cleaned = _SAFE_NAME.sub("_", str(name)).lstrip(".")
-    return cleaned or "_"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output directory and environment
-
-
-def new_output_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
-    """Create the output directory: ``out`` if it is new or empty, else ``<root>/lab-<timestamp>[-k]``.
-
-    Never reuses a non-empty directory: a user's earlier results are not overwritten.
-    """
-    if out is not None:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"out: {str(path)!r} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            raise FileExistsError(
-                f"out: directory {str(path)!r} exists and is not empty; expected a new or empty directory "
-                "(earlier results are never overwritten)"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 1000):
-        path = root / (f"lab-{stamp}" if k == 1 else f"lab-{stamp}-{k}")
-        try:
-            path.mkdir()  # atomic: two runs started in the same second get different directories
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"out: could not create a new directory under {str(root)!r}")
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _git_commit() -> str | None:
-    """The commit of the crossfuse checkout (``+dirty`` with uncommitted changes), None outside git."""
-    where = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
-
-
-def environment(
-    size: Size, seed: int, num_seeds: int | None, jobs: int = 1, speed: SpeedProbe | None = None
-) -> dict[str, Any]:
-    """What a reader needs to reproduce the run: versions, CPU, threads, settings, date, git commit."""
-    import numpy
-    import torch
-
-    import crossfuse
-
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "crossfuse": getattr(crossfuse, "__version__", "unknown"),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "seed": seed,
-        "size": size,
-        "num_seeds": num_seeds,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
-        "jobs": jobs,
-        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "speed_probe": None if speed is None else speed.to_json(),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class SpeedProbe:
         return asdict(self)
 
 
-def probe_step_ms(steps: int = 40, repeats: int = 3) -> float:
+def probe_step_ms(steps: int = 20, repeats: int = 3) -> float:
     """Median wall milliseconds of one probe step (one torch thread; the caller's thread count is restored)."""
     import torch
     from torch import nn
