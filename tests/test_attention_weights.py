@@ -22,21 +22,28 @@ def reference(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, valid
     return weights if valid is None else weights.masked_fill(~valid, 0.0)
 
 
-def inputs(grad: bool) -> tuple[torch.Tensor, ...]:
+def inputs(grad: bool, per_query: bool = True) -> tuple[torch.Tensor, ...]:
+    """q, k, a mask per query (or per key only: the padding case) with one fully masked row, valid rows."""
     torch.manual_seed(0)
     q = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=grad)
     k = torch.randn(3, 2, 7, 4, dtype=torch.float64, requires_grad=grad)
-    keep = torch.rand(3, 1, 5, 7) > 0.4
-    keep[1, :, 2] = False  # a fully masked row
+    keep = torch.rand(3, 1, 5 if per_query else 1, 7) > 0.4
+    if per_query:
+        keep[1, :, 2] = False  # a fully masked row
+    else:
+        keep[1] = False  # every key of batch row 1 is padding: all its query rows are fully masked
     valid = keep.any(-1, keepdim=True)
     return q, k, keep | ~valid, valid
 
 
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("compiling", [False, True])
-def test_weights_match_the_textbook_math_and_its_gradient(grad: bool, compiling: bool, monkeypatch) -> None:
+@pytest.mark.parametrize("per_query", [True, False])
+def test_weights_match_the_textbook_math_and_its_gradient(
+    grad: bool, compiling: bool, per_query: bool, monkeypatch
+) -> None:
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)  # the plain-ops path
-    q, k, mask, valid = inputs(grad)
+    q, k, mask, valid = inputs(grad, per_query)
     got = attention_weights(q, k, mask, valid)
     want = reference(q, k, mask, valid)
     torch.testing.assert_close(got, want)

@@ -285,13 +285,18 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, valid_ro
         if valid_rows is not None:
             weights = weights.masked_fill(~valid_rows, 0.0)
         return weights
-    # one (B*H, Nq, Nk) buffer: bmm of the pre-scaled queries; reshape is a view for contiguous heads
-    scores = torch.bmm(
-        (q * scale).reshape(batch * heads, n_query, dh), k.reshape(batch * heads, n_key, dh).transpose(1, 2)
-    )
-    scores = scores.view(batch, heads, n_query, n_key)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))  # safe under autograd: bmm does not save its output
+    # One (B*H, Nq, Nk) buffer from the pre-scaled queries. A key-padding mask (no Nq axis) becomes an
+    # additive (B*H, 1, Nk) bias of baddbmm, as in MHA: nothing to mask in place, nothing to undo in backward.
+    q3 = (q * scale).reshape(batch * heads, n_query, dh)
+    k3 = k.reshape(batch * heads, n_key, dh).transpose(1, 2)
+    if mask is not None and mask.shape[2] == 1:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        scores = torch.baddbmm(bias.expand(batch, heads, 1, n_key).reshape(batch * heads, 1, n_key), q3, k3)
+        scores = scores.view(batch, heads, n_query, n_key)
+    else:
+        scores = torch.bmm(q3, k3).view(batch, heads, n_query, n_key)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))  # safe under autograd: bmm does not save its output
     if needs_grad:
         weights = scores.softmax(dim=-1)  # softmax saves its output for backward: no in-place after it
         if valid_rows is not None and not bool(valid_rows.all()):
