@@ -74,6 +74,11 @@ def naive_attention(attn: CrossAttention, query: Tensor, context: Tensor) -> Ten
     return attn.to_out(torch.einsum("bhqk,bkhd->bqhd", weights, v).flatten(2))
 
 
+def dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (SDPA's flash and memory-efficient kernels), float32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def build(device: torch.device) -> tuple[CrossAttention, nn.MultiheadAttention]:
     """A `CrossAttention` and an `nn.MultiheadAttention` with identical weights (D=512, H=8)."""
     torch.manual_seed(0)
@@ -84,7 +89,8 @@ def build(device: torch.device) -> tuple[CrossAttention, nn.MultiheadAttention]:
         mha.in_proj_bias.copy_(torch.cat([attn.to_q.bias, attn.to_k.bias, attn.to_v.bias]))
         mha.out_proj.weight.copy_(attn.to_out.weight)
         mha.out_proj.bias.copy_(attn.to_out.bias)
-    return attn.to(device).eval(), mha.to(device).eval()
+    dtype = dtype_for(device)
+    return attn.to(device, dtype).eval(), mha.to(device, dtype).eval()
 
 
 def calls(attn: CrossAttention, mha: nn.MultiheadAttention) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
@@ -128,7 +134,7 @@ def timed_calls(
     backward: bool,
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument calls to time: a no-grad forward, or forward + gradients w.r.t. inputs and own weights."""
-    grad_out = torch.ones(query.shape[0], query.shape[1], MODEL_DIM, device=query.device)
+    grad_out = torch.ones(query.shape[0], query.shape[1], MODEL_DIM, device=query.device, dtype=query.dtype)
 
     def forward(fn: Callable[[Tensor, Tensor], Tensor]) -> object:
         with torch.no_grad():
@@ -158,8 +164,8 @@ def speed_table(device: torch.device, size: str, clock: Callable[[], float] = ti
         if heads != HEADS or heads * dh != MODEL_DIM:
             raise ValueError(f"SHAPES: expected H={HEADS} and H*dh={MODEL_DIM}, got {shape}")
         torch.manual_seed(1)
-        query = torch.randn(batch, n_query, MODEL_DIM, device=device, requires_grad=True)
-        context = torch.randn(batch, n_key, MODEL_DIM, device=device, requires_grad=True)
+        query = torch.randn(batch, n_query, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
+        context = torch.randn(batch, n_key, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
         with torch.no_grad():
             outs = {name: fn(query, context) for name, fn in impls.items()}
         diff = max((outs[name] - outs["MHA"]).abs().max().item() for name in ("CrossAttention", "naive"))
@@ -188,8 +194,8 @@ def weights_table(device: torch.device, size: str, clock: Callable[[], float]) -
     print("\n".join(rows), flush=True)
     for (batch, n_query, n_key), repeats in zip(WEIGHT_SHAPES, WEIGHT_REPEATS[size], strict=True):
         torch.manual_seed(1)
-        query = torch.randn(batch, n_query, MODEL_DIM, device=device, requires_grad=True)
-        context = torch.randn(batch, n_key, MODEL_DIM, device=device, requires_grad=True)
+        query = torch.randn(batch, n_query, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
+        context = torch.randn(batch, n_key, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
         for padded in (False, True):
             valid = torch.ones(batch, n_key, dtype=torch.bool, device=device)
             if padded:
@@ -258,7 +264,7 @@ def memory_child(impl: str, length: int, device: torch.device, cap_gb: float) ->
     attn, mha = build(device)
     fn = calls(attn, mha)[impl]
     torch.manual_seed(1)
-    x = torch.randn(1, length, MODEL_DIM, device=device)
+    x = torch.randn(1, length, MODEL_DIM, device=device, dtype=dtype_for(device))
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -352,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# crossfuse attention benchmark ({size})")
     print(
         f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads, "
-        f"D = H * dh = {MODEL_DIM}, float32, median of {REPEATS[size]} repeats per shape, "
+        f"D = H * dh = {MODEL_DIM}, {dtype_for(device)}, median of {REPEATS[size]} repeats per shape, "
         f"load average at start {os.getloadavg()[0]:.1f}\n"
     )
     clock = CLOCKS[args.clock]

@@ -28,6 +28,7 @@ asserted on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -49,6 +50,11 @@ FIT_ROWS, FIT_LENGTH, FIT_EPOCHS = 256, 64, 2
 TABLES = ("throughput", "bidirectional", "fit")
 
 
+def precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (SDPA's flash / memory-efficient kernels), nothing on CPU (float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -66,7 +72,8 @@ def training_throughput(
     y = torch.randint(0, NUM_CLASSES, (BATCH,), device=device)
 
     def step() -> None:
-        loss = F.cross_entropy(model(inputs).logits, y)
+        with precision(device):
+            loss = F.cross_entropy(model(inputs).logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -109,10 +116,12 @@ def bidirectional_cost(
     b = torch.randn(batch, nb, dim, device=device, requires_grad=True)
 
     def one() -> torch.Tensor:
-        return block.a_to_b(a, b).sum()
+        with precision(device):
+            return block.a_to_b(a, b).float().sum()
 
     def both() -> torch.Tensor:
-        return block.a_to_b(a, b).sum() + block.b_to_a(b, a).sum()
+        with precision(device):
+            return block.a_to_b(a, b).float().sum() + block.b_to_a(b, a).float().sum()
 
     def forward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
