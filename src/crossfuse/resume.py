@@ -1,0 +1,152 @@
+"""Where training stands (`TrainingState`), the ``last/`` checkpoint that stores it, and resuming from it.
+
+``last/`` holds the weights plus optimizer, scheduler, RNG and hook states (see `crossfuse.checkpoint`), so
+a run resumed from it (also mid-epoch) reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from crossfuse import checkpoint as ckpt
+from crossfuse.distributed import Distributed
+from crossfuse.metrics_log import METRICS_FILE, read_metrics
+from crossfuse.train_config import RESUMABLE_CHANGES, TrainConfig
+
+if TYPE_CHECKING:
+    from crossfuse.train import TrainHook
+
+LAST, BEST = "last", "best"
+
+
+@dataclass
+class TrainingState:
+    """Where training stands: the next epoch and batch within it, steps done, and the epoch's losses so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    metrics_size: int = 0  # bytes of metrics.jsonl that belong to the state
+    elapsed_s: float = 0.0  # training time before this process started
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def hook_state(hooks: Sequence[TrainHook]) -> tuple[list[Any], dict[str, Tensor]]:
+    """The hooks' ``state_dict()``s split into JSON values (one entry per hook) and ``hook.{i}.*`` tensors."""
+    states: list[Any] = []
+    tensors: dict[str, Tensor] = {}
+    for i, hook in enumerate(hooks):
+        getter = getattr(hook, "state_dict", None)
+        if getter is None:
+            states.append(None)
+            continue
+        entry = {}
+        for key, value in getter().items():
+            if isinstance(value, Tensor):
+                tensors[f"hook.{i}.{key}"] = value
+            else:
+                entry[key] = value
+        states.append(entry)
+    return states, tensors
+
+
+def load_hook_state(hooks: Sequence[TrainHook], states: list[Any], tensors: dict[str, Tensor]) -> None:
+    """Inverse of `hook_state` for the hooks that define ``load_state_dict``."""
+    for i, hook in enumerate(hooks):
+        loader = getattr(hook, "load_state_dict", None)
+        if loader is None or i >= len(states) or states[i] is None:
+            continue
+        prefix = f"hook.{i}."
+        loader({**states[i], **{k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}})
+
+
+def restore(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    world: Distributed,
+) -> tuple[TrainingState, list[dict[str, Any]], dict[str, Any], dict[str, Tensor]]:
+    """Load the ``last`` checkpoint in ``directory`` into model, optimizer, scheduler and RNGs.
+
+    Returns the training state, the metrics.jsonl records up to the checkpoint (the file is cut back
+    there: records written after it by the interrupted run are dropped), and the checkpoint's JSON
+    state and tensors.
+    """
+    state, tensors = ckpt.load_training_state(directory)
+    saved = state["train_config"]
+    changed = [k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"resume: the run in {directory.parent} was trained with a different config: "
+            + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+        )
+    ckpt.load_weights(directory, model)
+    optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    records = read_metrics(directory.parent / METRICS_FILE, state["metrics_size"], cut=world.main)
+    world.barrier()  # rank 0 has cut the file before anyone goes on
+    own = tensors.get(f"rng.torch.rank{world.rank}")  # DDP: every rank's own torch RNG
+    ckpt.restore_rng({**tensors, "rng.torch": tensors["rng.torch"] if own is None else own}, state["rng"])
+    training = TrainingState(
+        state["epoch"], state["batch"], state["step"], state["metrics_size"], state["elapsed_s"],
+        list(state["epoch_losses"]),
+    )  # fmt: skip
+    return training, records, state, tensors
+
+
+def save_last(
+    out: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    world: Distributed,
+    hooks: Sequence[TrainHook],
+    training: TrainingState,
+    elapsed_s: float,
+) -> None:
+    """Write ``out/last`` so that training continues at ``training.epoch``, ``training.batch``.
+
+    Every rank must call it (the ranks' RNG states are gathered); only rank 0 writes.
+    """
+    rng_tensors, rng_rest = ckpt.capture_rng()
+    rng_tensors.update(world.gather_rng(rng_tensors["rng.torch"]))
+    if out is None or not world.main:
+        return
+    opt_tensors, opt_rest = ckpt.flatten_optimizer_state(optimizer.state_dict())
+    hook_states, hook_tensors = hook_state(hooks)
+    snapshot = {
+        "epoch": training.epoch,
+        "batch": training.batch,
+        "step": training.step,
+        "train_config": dataclasses.asdict(config),
+        "optimizer": opt_rest,
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_rest,
+        "epoch_losses": training.epoch_losses,
+        "elapsed_s": elapsed_s,
+        "metrics_size": training.metrics_size,
+        "hooks": hook_states,
+        "world_size": world.world_size,
+    }
+    ckpt.save_checkpoint(out / LAST, model, snapshot, {**opt_tensors, **rng_tensors, **hook_tensors})
+
+
+def remove_checkpoint(directory: Path) -> None:
+    """Delete a checkpoint directory and its staging siblings (``.NAME.old``, ``.NAME.tmp``)."""
+    for path in (
+        directory,
+        directory.with_name(f".{directory.name}.old"),
+        directory.with_name(f".{directory.name}.tmp"),
+    ):
+        shutil.rmtree(path, ignore_errors=True)
