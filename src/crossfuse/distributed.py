@@ -8,11 +8,38 @@ see the same global batches as one process.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> int:
+    """Check torchrun's variables before anything touches disk; returns the world size (1 without DDP).
+
+    ValueError naming the variable when ``WORLD_SIZE`` is not an int >= 1, or is > 1 without a valid
+    ``RANK``, ``MASTER_ADDR`` or ``MASTER_PORT`` (``init_process_group`` would fail later, or hang).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE: expected an int >= 1 (the number of DDP processes), got {raw!r}")
+    if world == 1 or (dist.is_available() and dist.is_initialized()):
+        return world
+    hint = "start DDP with torchrun --nproc_per_node=P, which sets them, or unset WORLD_SIZE"
+    rank = env.get("RANK")
+    if rank is None or not rank.isdigit() or int(rank) >= world:
+        raise ValueError(f"RANK: expected an int in [0, {world}) with WORLD_SIZE={world}, got {rank!r}; {hint}")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not env.get(name):
+            raise ValueError(f"{name}: not set although WORLD_SIZE={world}; {hint}")
+    return world
 
 
 class EpochBatches:
@@ -59,7 +86,7 @@ class Distributed:
 
     @classmethod
     def join(cls) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = check_environment()
         if world <= 1 and not (dist.is_available() and dist.is_initialized()):
             return cls()
         created = False

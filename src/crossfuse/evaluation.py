@@ -9,6 +9,8 @@ Shapes (default `FusionObjective`): batch = {"inputs": {name: (B, N_m, D_m)},
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,10 +45,14 @@ class Objective(Protocol):
 class FusionObjective:
     """Cross-entropy (classification) or MSE (regression) on `FusionModel` outputs.
 
+    With ``target_scale`` (the per-column std that standardised the regression targets) `evaluate`
+    reports ``mse_y_units``, the MSE in the units of y, instead of ``mse`` in standardised units.
+
     Shapes: batch as in the module docstring -> (scalar loss, `FusionOutput` with logits (B, C) or (B, K)).
     """
 
     task: str = "classification"
+    target_scale: tuple[float, ...] | None = None  # regression: std of each y column the targets were divided by
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, Any]:
         output = model(batch["inputs"], batch["masks"])
@@ -58,11 +64,14 @@ class FusionObjective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         preds, targets = predict_batches(model, loader)
-        return (
-            classification_metrics(preds, targets)
-            if self.task == "classification"
-            else regression_metrics(preds, targets)
-        )
+        if self.task == "classification":
+            return classification_metrics(preds, targets)
+        if self.target_scale is None:
+            return regression_metrics(preds, targets)
+        # Standardised targets: R^2 is unchanged by the scale; the MSE is reported in the units of y.
+        scale = torch.tensor(self.target_scale, dtype=torch.float32)
+        metrics = regression_metrics(preds * scale, targets.view_as(preds).float() * scale)
+        return {"r2": metrics["r2"], "mse_y_units": metrics["mse"], "score": metrics["score"]}
 
 
 def make_loader(data: Dataset, batch_size: int = 256) -> DataLoader:
@@ -108,6 +117,8 @@ def predict_batches(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tenso
         logits.append(model(batch["inputs"], batch["masks"]).logits.cpu())
         targets.append(batch["y"].cpu())
     model.train(was_training)
+    if not logits:
+        raise ValueError("data: expected at least one row to predict or evaluate, got an empty data set")
     return torch.cat(logits), torch.cat(targets)
 
 
@@ -157,11 +168,21 @@ def classification_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
 def regression_metrics(pred: Tensor, y: Tensor) -> dict[str, float]:
     """R^2 (averaged over output columns) and MSE.
 
+    A constant target column makes R^2 undefined: r2 is NaN and a RuntimeWarning says why.
     Shapes: pred (N, K), y (N, K) or (N,) when K = 1 -> {"r2", "mse", "score" (= r2)}.
     """
     y = y.view_as(pred).float()
     mse = ((pred - y) ** 2).mean().item()
     ss_res = ((pred - y) ** 2).sum(0)
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0).clamp_min(1e-12)
-    r2 = (1 - ss_res / ss_tot).mean().item()
+    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
+    constant = (y.amax(0) == y.amin(0)).nonzero().flatten().tolist() if len(y) else []
+    if constant:  # R^2 = 1 - SS_res / 0 is undefined; NaN instead of a huge negative number
+        warnings.warn(
+            f"y: target column(s) {constant} are constant over these {len(y)} rows, so R^2 is undefined (NaN)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        r2 = math.nan
+    else:
+        r2 = (1 - ss_res / ss_tot).mean().item()
     return {"r2": r2, "mse": mse, "score": r2}

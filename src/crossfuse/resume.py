@@ -7,6 +7,7 @@ a run resumed from it (also mid-epoch) reaches the same weights as an uninterrup
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from crossfuse import checkpoint as ckpt
 from crossfuse.distributed import Distributed
+from crossfuse.evaluation import fetch_batch
 from crossfuse.metrics_log import METRICS_FILE, read_metrics
 from crossfuse.train_config import RESUMABLE_CHANGES, TrainConfig
 
@@ -25,6 +28,53 @@ if TYPE_CHECKING:
     from crossfuse.train import TrainHook
 
 LAST, BEST = "last", "best"
+FINGERPRINT_CHUNK = 4096  # rows hashed at a time: memory stays flat for memory-mapped data sets
+START_OVER = "start over with --force (CLI) or a new out_dir"
+
+
+def data_fingerprint(data: Dataset | None) -> dict[str, Any] | None:
+    """Rows and a SHA-256 over every tensor of every row (names, dtypes, shapes, bytes) of ``data``.
+
+    Read in chunks of 4096 rows through `fetch_batch`, so a memory-mapped `MappedDataset` is never
+    loaded whole. Shapes: -> {"rows": N, "sha256": hex} (None for no data).
+    """
+    if data is None:
+        return None
+    digest = hashlib.sha256()
+    n = len(data)  # type: ignore[arg-type]
+    for start in range(0, n, FINGERPRINT_CHUNK):
+        _hash_into(digest, "", fetch_batch(data, range(start, min(n, start + FINGERPRINT_CHUNK))))
+    return {"rows": n, "sha256": digest.hexdigest()}
+
+
+def _hash_into(digest: Any, name: str, value: Any) -> None:
+    if isinstance(value, Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape[1:])}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            _hash_into(digest, f"{name}.{key}", value[key])
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _hash_into(digest, f"{name}.{i}", item)
+    else:
+        digest.update(f"{name}={value!r}".encode())
+
+
+def find_last(out: Path) -> Path:
+    """The ``last/`` checkpoint to resume ``out`` from; ValueError (nothing changed on disk) if there is none."""
+    if not out.is_dir():
+        raise ValueError(
+            f"resume: {out} does not exist or is not a directory, so there is nothing to resume; {START_OVER}"
+        )
+    found = ckpt.resolve_checkpoint(out / LAST)
+    if found is None:
+        raise ValueError(
+            f"resume: {out} has no loadable {LAST}/ checkpoint (interrupted before the first one, or deleted); "
+            f"nothing was changed; {START_OVER}"
+        )
+    return found
 
 
 @dataclass
@@ -75,11 +125,14 @@ def restore(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: TrainConfig,
     world: Distributed,
+    fingerprints: dict[str, Any],
 ) -> tuple[TrainingState, list[dict[str, Any]], dict[str, Any], dict[str, Tensor]]:
     """Load the ``last`` checkpoint in ``directory`` into model, optimizer, scheduler and RNGs.
 
-    Returns the training state, the metrics.jsonl records up to the checkpoint (the file is cut back
-    there: records written after it by the interrupted run are dropped), and the checkpoint's JSON
+    Refused (ValueError naming the differing fields, before any file changes) when ``config`` or the
+    data ``fingerprints`` ({"train_data": ..., "val_data": ...}) differ from the checkpoint's. Returns
+    the training state, the metrics.jsonl records up to the checkpoint (the file is cut back there, after
+    all checks: records written after it by the interrupted run are dropped), and the checkpoint's JSON
     state and tensors.
     """
     state, tensors = ckpt.load_training_state(directory)
@@ -89,8 +142,17 @@ def restore(
         raise ValueError(
             f"resume: the run in {directory.parent} was trained with a different config: "
             + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+            + f"; pass the same options, or {START_OVER}"
         )
-    ckpt.load_weights(directory, model)
+    stored = state.get("data_fingerprint") or {}
+    differing = [k for k, v in fingerprints.items() if k in stored and stored[k] != v]
+    if differing:
+        raise ValueError(
+            f"resume: the run in {directory.parent} was trained on other data: "
+            + ", ".join(f"{k} ({_describe(stored[k])}, now {_describe(fingerprints[k])})" for k in differing)
+            + f"; pass the same data and split as before, or {START_OVER}"
+        )
+    ckpt.load_weights(directory, model)  # refuses NaN/Inf weights
     optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     records = read_metrics(directory.parent / METRICS_FILE, state["metrics_size"], cut=world.main)
@@ -104,6 +166,12 @@ def restore(
     return training, records, state, tensors
 
 
+def _describe(fingerprint: dict[str, Any] | None) -> str:
+    if not fingerprint:
+        return "none"
+    return f"{fingerprint['rows']} rows, sha256 {fingerprint['sha256'][:12]}"
+
+
 def save_last(
     out: Path | None,
     model: nn.Module,
@@ -114,6 +182,7 @@ def save_last(
     hooks: Sequence[TrainHook],
     training: TrainingState,
     elapsed_s: float,
+    fingerprints: dict[str, Any],
 ) -> None:
     """Write ``out/last`` so that training continues at ``training.epoch``, ``training.batch``.
 
@@ -138,6 +207,7 @@ def save_last(
         "metrics_size": training.metrics_size,
         "hooks": hook_states,
         "world_size": world.world_size,
+        "data_fingerprint": fingerprints,
     }
     ckpt.save_checkpoint(out / LAST, model, snapshot, {**opt_tensors, **rng_tensors, **hook_tensors})
 

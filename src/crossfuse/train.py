@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from crossfuse import balance
 from crossfuse import checkpoint as ckpt
-from crossfuse.distributed import Distributed, EpochBatches
+from crossfuse.distributed import Distributed, EpochBatches, check_environment
 from crossfuse.evaluation import (
     FusionObjective,
     Objective,
@@ -63,16 +62,35 @@ from crossfuse.evaluation import (
     to_device,
 )
 from crossfuse.metrics_log import METRICS_FILE, MetricsLog, iter_metrics
-from crossfuse.resume import BEST, LAST, TrainingState, load_hook_state, remove_checkpoint, restore, save_last
+from crossfuse.progress import EpochProgress
+from crossfuse.resume import (
+    BEST,
+    LAST,
+    TrainingState,
+    data_fingerprint,
+    find_last,
+    load_hook_state,
+    remove_checkpoint,
+    restore,
+    save_last,
+)
 from crossfuse.runs import write_run_config
 from crossfuse.train_config import OPTIMIZERS, RESUMABLE_CHANGES, TASKS, TrainConfig, check_config
 
 __all__ = [
     "BEST", "LAST", "METRICS_FILE", "OPTIMIZERS", "RESUMABLE_CHANGES", "TASKS", "EpochBatches", "FitResult",
-    "FusionObjective", "Objective", "TrainConfig", "TrainHook", "TrainingState", "check_config",
-    "classification_metrics", "evaluate", "fetch_batch", "fit", "iter_metrics", "make_loader", "make_optimizer",
-    "predict", "predict_batches", "regression_metrics", "seed_everything", "to_device", "warmup_cosine",
+    "FusionObjective", "Objective", "TrainConfig", "TrainHook", "TrainingDiverged", "TrainingState", "check_config",
+    "check_environment", "classification_metrics", "evaluate", "fetch_batch", "fit", "iter_metrics", "make_loader",
+    "make_optimizer", "predict", "predict_batches", "regression_metrics", "seed_everything", "to_device",
+    "warmup_cosine",
 ]  # fmt: skip
+
+
+class TrainingDiverged(ValueError):
+    """Training met a NaN/Inf loss or weight; the message names the epoch and step and likely causes.
+
+    Nothing non-finite is written: ``last/`` and ``best/`` keep the last good checkpoints.
+    """
 
 
 class TrainHook(Protocol):
@@ -131,42 +149,12 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def _is_better(record: dict[str, float], best: dict[str, float]) -> bool:
-    return "val_score" in record and record["val_score"] >= best.get("val_score", -math.inf)
-
-
-class _Progress:
-    """tqdm bar over one epoch's steps (rank 0, ``config.progress``), with the loss as postfix."""
-
-    def __init__(self, enabled: bool, epochs: int) -> None:
-        self.enabled, self.epochs, self.bar = enabled, epochs, None
-
-    def start(self, epoch: int, total: int, done: int) -> None:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, file=sys.stderr
-            )
-
-    def step(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.update()
-
-    def end(self, record: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
-        self.bar.refresh()  # show the epoch's last loss even when the steps were faster than tqdm's interval
-        self.close()
-        shown = {k: v for k, v in record.items() if k in ("train_loss",) or k.startswith("val_")}
-        shown.pop("val_score", None)
-        text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        print(f"epoch {record['epoch']}/{self.epochs}  {text}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    """The first scored record is the best so far even when its score is NaN (e.g. R^2 of a constant target)."""
+    if "val_score" not in record:
+        return False
+    if not best:
+        return True
+    return not math.isnan(record["val_score"]) and not record["val_score"] < best.get("val_score", -math.inf)
 
 
 @dataclass
@@ -187,10 +175,11 @@ class _Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     hooks: list[TrainHook]
     log: MetricsLog
-    progress: _Progress
+    progress: EpochProgress
     state: TrainingState
     result: FitResult
     started: float
+    fingerprints: dict[str, Any]
 
     @classmethod
     def build(
@@ -211,9 +200,12 @@ class _Setup:
         result, state = FitResult(), TrainingState()
         saved: dict[str, Any] = {}
         tensors: dict[str, Tensor] = {}
-        resumed = ckpt.resolve_checkpoint(out / LAST) if resume and out is not None else None
+        fingerprints: dict[str, Any] = {}
+        if out is not None:  # what the run trains on, so that resuming on other data is refused
+            fingerprints = {"train_data": data_fingerprint(train_data), "val_data": data_fingerprint(val_data)}
+        resumed = find_last(out) if resume and out is not None else None
         if resumed is not None:
-            state, records, saved, tensors = restore(resumed, model, optimizer, scheduler, config, world)
+            state, records, saved, tensors = restore(resumed, model, optimizer, scheduler, config, world, fingerprints)
             _refill(result, records)
         train_model: nn.Module = model
         if world.world_size > 1:
@@ -227,23 +219,44 @@ class _Setup:
             if resumed is None:
                 for stale in (LAST, BEST):
                     remove_checkpoint(out / stale)
-                write_run_config(out, model, dataclasses.asdict(config), metadata)
+                write_run_config(out, model, dataclasses.asdict(config), metadata, fingerprints)
             log = MetricsLog(out / METRICS_FILE, append=resumed is not None)
-        progress = _Progress(config.progress and world.main, config.epochs)
+        progress = EpochProgress(config.progress and world.main, config.epochs)
         return cls(
             model, train_model, train_data, config, objective, world, out, order, val_loader, optimizer,
-            scheduler, hooks, log, progress, state, result, started,
+            scheduler, hooks, log, progress, state, result, started, fingerprints,
         )  # fmt: skip
 
     def elapsed(self) -> float:
         return self.state.elapsed_s + time.perf_counter() - self.started
 
+    def check_weights(self) -> None:
+        """TrainingDiverged if a weight is NaN/Inf (checked before every checkpoint write)."""
+        try:
+            ckpt.check_finite(dict(self.model.state_dict()), "model weights")
+        except ValueError as error:
+            raise TrainingDiverged(f"training diverged at {self.where()}: {error}; {self.causes()}") from None
+
+    def where(self) -> str:
+        return f"epoch {self.state.epoch + 1}, step {self.state.step}"
+
+    def causes(self) -> str:
+        kept = "" if self.out is None else f"; the last good checkpoints in {self.out} are kept"
+        return (
+            f"likely causes: a learning rate too high (lr={self.config.lr}), huge or non-finite input values, "
+            f"or fp16 overflow{kept}"
+        )
+
     def save_last(self) -> None:
         s = self
-        save_last(s.out, s.model, s.optimizer, s.scheduler, s.config, s.world, s.hooks, s.state, s.elapsed())
+        s.check_weights()
+        save_last(
+            s.out, s.model, s.optimizer, s.scheduler, s.config, s.world, s.hooks, s.state, s.elapsed(), s.fingerprints
+        )
 
     def save_best(self, metrics: dict[str, Any]) -> None:
         """Write ``out/best`` (rank 0) with the epochs done so far and their ``metrics``."""
+        self.check_weights()
         if self.out is not None and self.world.main:
             info = {"epoch": self.state.epoch, "step": self.state.step, "metrics": metrics}
             ckpt.save_checkpoint(self.out / BEST, self.model, info)
@@ -291,6 +304,7 @@ def fit(
     Shapes: see the module docstring for the batch layout of the default `FusionObjective`.
     """
     check_config(config)
+    check_environment()
     if resume and out_dir is None:
         raise ValueError("resume: needs out_dir (the run directory to continue), got out_dir=None")
     objective = objective or FusionObjective(config.task)
@@ -319,6 +333,8 @@ def fit(
 def _train_step(s: _Setup, batch: Any) -> float:
     """One optimisation step on ``batch``; returns the loss. Hooks run after backward, before clipping."""
     loss, output = s.objective.loss(s.train_model, batch)
+    if not bool(torch.isfinite(loss.detach()).all()):  # stop before a NaN reaches the weights
+        raise TrainingDiverged(f"training diverged at {s.where()}: the loss is {loss.item()}; {s.causes()}")
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for hook in s.hooks:
@@ -351,6 +367,7 @@ def _train_epoch(s: _Setup) -> None:
         if every and state.step % every == 0 and position + 1 < len(batches):
             state.batch = position + 1
             s.save_last()
+    s.check_weights()  # before the epoch's record and checkpoints, so the message names this epoch
     losses = state.epoch_losses
     record = {
         "epoch": state.epoch + 1,

@@ -6,7 +6,10 @@ entry of `crossfuse.train.fit`, with errors that name the field, the expected an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from crossfuse.balance import BALANCE_METHODS
 
 TASKS = ("classification", "regression")
 OPTIMIZERS = ("adamw", "sgd")
@@ -40,25 +43,52 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     optimizer: str = "adamw"  # "adamw" | "sgd" (momentum 0.9, as OGM-GE was proposed with)
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
 
 def check_config(config: TrainConfig) -> None:
-    """ValueError naming the first field of ``config`` that is out of range."""
+    """ValueError naming the first field of ``config`` that is out of range (see `TrainConfig.__post_init__`)."""
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer: expected one of {list(OPTIMIZERS)}, got {config.optimizer!r}")
-    if config.task not in TASKS:
-        raise ValueError(f"config.task: expected one of {list(TASKS)}, got {config.task!r}")
-    for name, minimum in (("epochs", 0), ("batch_size", 1)):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"config.{name}: expected an int >= {minimum}, got {value!r}")
-    if not config.lr > 0:
-        raise ValueError(f"config.lr: expected a positive learning rate, got {config.lr!r}")
-    if not 0 <= config.warmup_fraction <= 1:
-        raise ValueError(f"config.warmup_fraction: expected a value in [0, 1], got {config.warmup_fraction!r}")
-    if config.grad_clip is not None and not config.grad_clip > 0:
-        raise ValueError(f"config.grad_clip: expected None or a positive norm, got {config.grad_clip!r}")
+    _check_fields(config)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_fields(config: TrainConfig) -> None:
+    def fail(name: str, expected: str) -> None:
+        raise ValueError(f"config.{name}: expected {expected}, got {getattr(config, name)!r}")
+
+    for name, choices in (("task", TASKS), ("optimizer", OPTIMIZERS), ("balance", BALANCE_METHODS)):
+        if getattr(config, name) not in choices:
+            fail(name, f"one of {list(choices)}")
+    for name, minimum in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
+        if not _is_int(getattr(config, name)) or getattr(config, name) < minimum:
+            fail(name, f"an int >= {minimum}")
+    if not _is_number(config.lr) or not config.lr > 0:
+        fail("lr", "a finite positive learning rate")
+    if not _is_number(config.weight_decay) or config.weight_decay < 0:
+        fail("weight_decay", "a finite number >= 0")
+    if not _is_number(config.warmup_fraction) or not 0 <= config.warmup_fraction <= 1:
+        fail("warmup_fraction", "a value in [0, 1]")
+    if config.grad_clip is not None and (not _is_number(config.grad_clip) or not config.grad_clip > 0):
+        fail("grad_clip", "None or a finite positive norm")
+    if not _is_number(config.balance_alpha) or config.balance_alpha < 0:
+        fail("balance_alpha", "a finite number >= 0")
+    if config.balance != "none" and config.task != "classification":
+        fail("balance", f"'none' for task {config.task!r} (rebalancing needs task 'classification')")
     every = config.checkpoint_every_steps
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise ValueError(f"config.checkpoint_every_steps: expected None or an int >= 1, got {every!r}")
+    if every is not None and (not _is_int(every) or every < 1):
+        fail("checkpoint_every_steps", "None or an int >= 1")
+    for name in ("progress", "monitor_gradients"):
+        if not isinstance(getattr(config, name), bool):
+            fail(name, "True or False")
+    if not isinstance(config.device, str) or not config.device:
+        fail("device", "a device name such as 'cpu' or 'cuda'")
