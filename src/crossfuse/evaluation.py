@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, default_collate
 
 from crossfuse.data.dataset import MultimodalDataset
+from crossfuse.precision import autocast
 from crossfuse.train_config import TASKS, TrainConfig
 
 
@@ -114,7 +115,7 @@ def predict_batches(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tenso
     logits, targets = [], []
     for batch in loader:
         batch = to_device(batch, device)
-        logits.append(model(batch["inputs"], batch["masks"]).logits.cpu())
+        logits.append(model(batch["inputs"], batch["masks"]).logits.float().cpu())  # float32 also under autocast
         targets.append(batch["y"].cpu())
     model.train(was_training)
     if not logits:
@@ -122,16 +123,26 @@ def predict_batches(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tenso
     return torch.cat(logits), torch.cat(targets)
 
 
-def predict(model: nn.Module, data: Dataset, batch_size: int = 256) -> Tensor:
-    """The model's outputs over a whole data set, in order, in eval mode.
+def predict(model: nn.Module, data: Dataset, batch_size: int = 256, *, precision: str = "fp32") -> Tensor:
+    """The model's outputs over a whole data set, in order, in eval mode (``precision``: see `crossfuse.precision`).
 
-    Shapes: data of N rows  ->  (N, num_outputs) logits (classification) or predictions (regression).
+    Shapes: data of N rows  ->  (N, num_outputs) float32 logits (classification) or predictions (regression).
     """
-    return predict_batches(model, make_loader(data, batch_size))[0]
+    with autocast(_device_of(model), precision):
+        return predict_batches(model, make_loader(data, batch_size))[0]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def evaluate(
-    model: nn.Module, data: Dataset, objective: Objective | TrainConfig | str = "classification", batch_size: int = 256
+    model: nn.Module,
+    data: Dataset,
+    objective: Objective | TrainConfig | str = "classification",
+    batch_size: int = 256,
+    *,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``data``: ``objective.evaluate``, or the task's metrics for a config/task name.
 
@@ -145,7 +156,8 @@ def evaluate(
                 f"objective: expected an Objective, a TrainConfig or one of {list(TASKS)}, got {objective!r}"
             )
         objective = FusionObjective(objective)
-    return objective.evaluate(model, make_loader(data, batch_size))
+    with autocast(_device_of(model), precision):
+        return objective.evaluate(model, make_loader(data, batch_size))
 
 
 def classification_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:

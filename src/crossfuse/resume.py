@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +21,9 @@ from torch.utils.data import Dataset
 from crossfuse import checkpoint as ckpt
 from crossfuse.distributed import Distributed
 from crossfuse.evaluation import fetch_batch
+from crossfuse.hooks import TrainHook
 from crossfuse.metrics_log import METRICS_FILE, read_metrics
 from crossfuse.train_config import RESUMABLE_CHANGES, TrainConfig
-
-if TYPE_CHECKING:
-    from crossfuse.train import TrainHook
 
 LAST, BEST = "last", "best"
 FINGERPRINT_CHUNK = 4096  # rows hashed at a time: memory stays flat for memory-mapped data sets
@@ -126,6 +124,7 @@ def restore(
     config: TrainConfig,
     world: Distributed,
     fingerprints: dict[str, Any],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[TrainingState, list[dict[str, Any]], dict[str, Any], dict[str, Tensor]]:
     """Load the ``last`` checkpoint in ``directory`` into model, optimizer, scheduler and RNGs.
 
@@ -137,11 +136,13 @@ def restore(
     """
     state, tensors = ckpt.load_training_state(directory)
     saved = state["train_config"]
-    changed = [k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields newer than the checkpoint
+    current = dataclasses.asdict(config)
+    changed = [k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]
     if changed:
         raise ValueError(
             f"resume: the run in {directory.parent} was trained with a different config: "
-            + ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+            + ", ".join(f"{k}={saved.get(k, defaults[k])!r} (now {current[k]!r})" for k in changed)
             + f"; pass the same options, or {START_OVER}"
         )
     stored = state.get("data_fingerprint") or {}
@@ -155,6 +156,8 @@ def restore(
     ckpt.load_weights(directory, model)  # refuses NaN/Inf weights
     optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and scaler is not None:
+        scaler.load_state_dict(state["scaler"])
     records = read_metrics(directory.parent / METRICS_FILE, state["metrics_size"], cut=world.main)
     world.barrier()  # rank 0 has cut the file before anyone goes on
     own = tensors.get(f"rng.torch.rank{world.rank}")  # DDP: every rank's own torch RNG
@@ -183,6 +186,7 @@ def save_last(
     training: TrainingState,
     elapsed_s: float,
     fingerprints: dict[str, Any],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Write ``out/last`` so that training continues at ``training.epoch``, ``training.batch``.
 
@@ -208,6 +212,7 @@ def save_last(
         "hooks": hook_states,
         "world_size": world.world_size,
         "data_fingerprint": fingerprints,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     ckpt.save_checkpoint(out / LAST, model, snapshot, {**opt_tensors, **rng_tensors, **hook_tensors})
 

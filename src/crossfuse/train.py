@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ from crossfuse.evaluation import (
     regression_metrics,
     to_device,
 )
-from crossfuse.metrics_log import METRICS_FILE, MetricsLog, iter_metrics
+from crossfuse.hooks import TrainHook, run_after_clip
+from crossfuse.metrics_log import METRICS_FILE, MetricsLog, check_tensorboard, iter_metrics
+from crossfuse.precision import autocast, make_scaler, resolve_device
 from crossfuse.progress import EpochProgress
 from crossfuse.resume import (
     BEST,
@@ -91,26 +93,6 @@ class TrainingDiverged(ValueError):
 
     Nothing non-finite is written: ``last/`` and ``best/`` keep the last good checkpoints.
     """
-
-
-class TrainHook(Protocol):
-    """Called by `fit` around each optimisation step (gradient monitors, rebalancing).
-
-    A hook may also define ``state_dict() -> dict`` (tensors and JSON values) and
-    ``load_state_dict(state)``; `fit` then stores its state in ``last/`` so resuming restores it.
-    """
-
-    def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
-        """Gradients are in ``.grad``; may inspect or rescale them before clipping and the step."""
-        ...
-
-    def step_record(self) -> dict[str, float]:
-        """Values to add to this step's metrics record (may be empty)."""
-        ...
-
-    def messages(self) -> list[str]:
-        """One-line warnings for the user collected so far (e.g. modality dominance)."""
-        ...
 
 
 @dataclass
@@ -180,6 +162,8 @@ class _Setup:
     result: FitResult
     started: float
     fingerprints: dict[str, Any]
+    device: torch.device
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
 
     @classmethod
     def build(
@@ -189,7 +173,9 @@ class _Setup:
     ) -> _Setup:  # fmt: skip
         started = time.perf_counter()
         seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
-        model.to(config.device)
+        device = resolve_device(config.device)
+        model.to(device)
+        scaler = make_scaler(device, config.precision)
         order = EpochBatches(len(train_data), config.batch_size, config.seed, world.rank, world.world_size)
         val_loader = None if val_data is None else make_loader(val_data, max(256, config.batch_size))
         optimizer = make_optimizer(model, config)
@@ -205,7 +191,9 @@ class _Setup:
             fingerprints = {"train_data": data_fingerprint(train_data), "val_data": data_fingerprint(val_data)}
         resumed = find_last(out) if resume and out is not None else None
         if resumed is not None:
-            state, records, saved, tensors = restore(resumed, model, optimizer, scheduler, config, world, fingerprints)
+            state, records, saved, tensors = restore(
+                resumed, model, optimizer, scheduler, config, world, fingerprints, scaler
+            )
             _refill(result, records)
         train_model: nn.Module = model
         if world.world_size > 1:
@@ -220,11 +208,11 @@ class _Setup:
                 for stale in (LAST, BEST):
                     remove_checkpoint(out / stale)
                 write_run_config(out, model, dataclasses.asdict(config), metadata, fingerprints)
-            log = MetricsLog(out / METRICS_FILE, append=resumed is not None)
+            log = MetricsLog(out / METRICS_FILE, append=resumed is not None, tensorboard=config.tensorboard)
         progress = EpochProgress(config.progress and world.main, config.epochs)
         return cls(
             model, train_model, train_data, config, objective, world, out, order, val_loader, optimizer,
-            scheduler, hooks, log, progress, state, result, started, fingerprints,
+            scheduler, hooks, log, progress, state, result, started, fingerprints, device, scaler,
         )  # fmt: skip
 
     def elapsed(self) -> float:
@@ -251,8 +239,9 @@ class _Setup:
         s = self
         s.check_weights()
         save_last(
-            s.out, s.model, s.optimizer, s.scheduler, s.config, s.world, s.hooks, s.state, s.elapsed(), s.fingerprints
-        )
+            s.out, s.model, s.optimizer, s.scheduler, s.config, s.world, s.hooks, s.state, s.elapsed(), s.fingerprints,
+            s.scaler,
+        )  # fmt: skip
 
     def save_best(self, metrics: dict[str, Any]) -> None:
         """Write ``out/best`` (rank 0) with the epochs done so far and their ``metrics``."""
@@ -305,6 +294,8 @@ def fit(
     """
     check_config(config)
     check_environment()
+    if config.tensorboard:
+        check_tensorboard()
     if resume and out_dir is None:
         raise ValueError("resume: needs out_dir (the run directory to continue), got out_dir=None")
     objective = objective or FusionObjective(config.task)
@@ -331,17 +322,21 @@ def fit(
 
 
 def _train_step(s: _Setup, batch: Any) -> float:
-    """One optimisation step on ``batch``; returns the loss. Hooks run after backward, before clipping."""
-    loss, output = s.objective.loss(s.train_model, batch)
+    """One optimisation step on ``batch``; returns the loss. Hook points: see `crossfuse.hooks`."""
+    with autocast(s.device, s.config.precision):
+        loss, output = s.objective.loss(s.train_model, batch)
     if not bool(torch.isfinite(loss.detach()).all()):  # stop before a NaN reaches the weights
         raise TrainingDiverged(f"training diverged at {s.where()}: the loss is {loss.item()}; {s.causes()}")
     s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(s.optimizer)  # hooks and clipping see the true gradients (no-op unless fp16)
     for hook in s.hooks:
         hook.after_backward(s.train_model, batch, output, s.state.step)
     if s.config.grad_clip:
         nn.utils.clip_grad_norm_(s.model.parameters(), s.config.grad_clip)
-    s.optimizer.step()
+    run_after_clip(s.hooks, s.train_model, batch, output, s.state.step)
+    s.scaler.step(s.optimizer)  # fp16: skipped when a gradient overflowed, and the scale shrinks
+    s.scaler.update()
     s.scheduler.step()
     return loss.item()
 
@@ -353,7 +348,7 @@ def _train_epoch(s: _Setup) -> None:
     batches = s.order.batches(state.epoch)
     s.progress.start(state.epoch, len(batches), state.batch)
     for position in range(state.batch, len(batches)):
-        batch = to_device(fetch_batch(s.train_data, batches[position]), config.device)
+        batch = to_device(fetch_batch(s.train_data, batches[position]), s.device)
         state.epoch_losses.append(_train_step(s, batch))
         record: dict[str, Any] = {}
         for hook in s.hooks:
@@ -376,7 +371,8 @@ def _train_epoch(s: _Setup) -> None:
         "train_loss": s.world.mean(float(np.mean(losses))) if losses else math.nan,
     }
     if s.val_loader is not None:
-        record.update({f"val_{k}": v for k, v in s.objective.evaluate(s.model, s.val_loader).items()})
+        with autocast(s.device, config.precision):
+            record.update({f"val_{k}": v for k, v in s.objective.evaluate(s.model, s.val_loader).items()})
     s.result.history.append(record)
     state.metrics_size = s.log.write({"kind": "epoch", **record, "time_s": round(s.elapsed(), 3)})
     s.progress.end(record)

@@ -10,12 +10,13 @@ import math
 from dataclasses import dataclass
 
 from crossfuse.balance import BALANCE_METHODS
+from crossfuse.precision import check_device, check_precision
 
 TASKS = ("classification", "regression")
 OPTIMIZERS = ("adamw", "sgd")
 
 # Fields that may differ between an interrupted run and its resumption (they do not change the numbers).
-RESUMABLE_CHANGES = ("progress", "device")
+RESUMABLE_CHANGES = ("progress", "device", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class TrainConfig:
     ``batch_size`` is the global batch (split across DDP ranks). ``balance`` ("none" | "ogm-ge" |
     "aux"), ``balance_alpha`` and ``monitor_gradients`` install `crossfuse.balance` hooks.
     ``checkpoint_every_steps`` adds mid-epoch ``last/`` checkpoints (every epoch always gets one).
+    ``device`` is "cpu", "cuda", "cuda:N", "mps" or "auto" (CUDA when available); ``precision`` and
+    ``device`` are checked here, the device's presence when `fit` starts.
     """
 
     task: str = "classification"  # "classification" | "regression"
@@ -42,6 +45,8 @@ class TrainConfig:
     monitor_gradients: bool = False
     checkpoint_every_steps: int | None = None
     optimizer: str = "adamw"  # "adamw" | "sgd" (momentum 0.9, as OGM-GE was proposed with)
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast; fp16 with a gradient scaler), see crossfuse.precision
+    tensorboard: bool = False  # also write the metrics as TensorBoard event files into out_dir
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -87,8 +92,13 @@ def _check_fields(config: TrainConfig) -> None:
     every = config.checkpoint_every_steps
     if every is not None and (not _is_int(every) or every < 1):
         fail("checkpoint_every_steps", "None or an int >= 1")
-    for name in ("progress", "monitor_gradients"):
+    for name in ("progress", "monitor_gradients", "tensorboard"):
         if not isinstance(getattr(config, name), bool):
             fail(name, "True or False")
     if not isinstance(config.device, str) or not config.device:
         fail("device", "a device name such as 'cpu' or 'cuda'")
+    for name, check in (("device", check_device), ("precision", check_precision)):
+        try:
+            check(getattr(config, name))
+        except ValueError as error:
+            raise ValueError(f"config.{error}") from None
