@@ -107,8 +107,6 @@ def test_tensorboard_holds_the_same_scalars_as_metrics_jsonl(tmp_path: Path) -> 
 
 def test_tensorboard_missing_is_refused_before_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
-    with pytest.raises(
-        ValueError, match=r"config\.tensorboard: needs the tensorboard package .*\[tensorboard\]"
-    ):
+    with pytest.raises(ValueError, match=r"config\.tensorboard: needs the tensorboard package .*\[tensorboard\]"):
         fit(tiny(), TRAIN, VAL, TrainConfig(**{**CONFIG.__dict__, "tensorboard": True}), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
