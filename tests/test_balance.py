@@ -111,31 +111,47 @@ def test_contribution_scores_on_constructed_logits():
     assert scores["b"] == pytest.approx(1 / 3)
 
 
-def test_ogm_coefficient_matches_formula():
-    alpha = 0.5
-    coefficients, ratios = ogm_coefficients({"a": 0.8, "b": 0.4}, alpha)
-    assert ratios == pytest.approx({"a": 2.0, "b": 0.5})
-    assert coefficients["a"] == pytest.approx(1 - math.tanh(alpha * (2.0 - 1)))
-    assert coefficients["b"] == 1.0
-    # balanced modalities are left alone (the shifted form is continuous at rho = 1)
-    assert ogm_coefficients({"a": 0.5, "b": 0.5}, 3.0)[0] == {"a": 1.0, "b": 1.0}
+def test_paper_coefficient_at_rho_half_one_and_two_against_hand_computed_values():
+    # Peng et al. (2022): k = 1 - tanh(alpha * rho) for rho > 1, else 1. alpha = 0.5, two modalities,
+    # s_a / s_b = rho. tanh(1.0) = 0.7615941559557649 (hand: (e^2 - 1) / (e^2 + 1)).
+    for rho, k_a, k_b in [(0.5, 1.0, 1.0 - 0.7615941559557649), (1.0, 1.0, 1.0), (2.0, 1.0 - 0.7615941559557649, 1.0)]:
+        coefficients, ratios = ogm_coefficients({"a": 0.4 * rho, "b": 0.4}, 0.5)
+        assert ratios["a"] == pytest.approx(rho) and ratios["b"] == pytest.approx(1 / rho)
+        assert coefficients["a"] == pytest.approx(k_a, abs=1e-12), rho
+        assert coefficients["b"] == pytest.approx(k_b, abs=1e-12), rho
+    # the paper's form jumps at rho = 1: just above it k = 1 - tanh(0.5) = 0.5378828427399902
+    assert ogm_coefficients({"a": 0.4 * (1 + 1e-9), "b": 0.4}, 0.5)[0]["a"] == pytest.approx(0.5378828427399902)
+
+
+def test_shifted_coefficient_is_continuous_at_rho_one():
+    # 1 - tanh(alpha * relu(rho - 1)): at alpha 0.5, rho 2 -> 1 - tanh(0.5) = 0.5378828427399902
+    coefficients, _ = ogm_coefficients({"a": 0.8, "b": 0.4}, 0.5, coefficient="shifted")
+    assert coefficients == pytest.approx({"a": 0.5378828427399902, "b": 1.0})
+    assert ogm_coefficients({"a": 0.5, "b": 0.5}, 3.0, coefficient="shifted")[0] == {"a": 1.0, "b": 1.0}
+    assert ogm_coefficients({"a": 0.4 * (1 + 1e-9), "b": 0.4}, 0.5, "shifted")[0]["a"] == pytest.approx(1.0)
     # three modalities: rho_m = s_m / mean of the others
-    coefficients, ratios = ogm_coefficients({"a": 0.9, "b": 0.3, "c": 0.6}, 1.0)
+    coefficients, ratios = ogm_coefficients({"a": 0.9, "b": 0.3, "c": 0.6}, 1.0, "shifted")
     assert ratios["a"] == pytest.approx(0.9 / 0.45)
     assert coefficients["a"] == pytest.approx(1 - math.tanh(1.0))
     assert ratios["c"] == pytest.approx(1.0) and coefficients["c"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="scores"):
         ogm_coefficients({"a": 1.0}, 0.5)
+    with pytest.raises(ValueError, match="coefficient: expected one of"):
+        ogm_coefficients({"a": 0.8, "b": 0.4}, 0.5, coefficient="relu")
+    with pytest.raises(ValueError, match="coefficient"):
+        OGMGE(tiny_model(), coefficient="relu")
 
 
-def test_ogmge_scales_only_the_dominant_encoder_by_k():
+@pytest.mark.parametrize("coefficient", ["paper", "shifted"])
+def test_ogmge_scales_only_the_dominant_encoder_by_k(coefficient: str):
     model, batch = tiny_model(), batch_of()
     output = backward(model, batch)
     before = grads(model)
-    hook = OGMGE(model, alpha=0.8, noise=False)
+    hook = OGMGE(model, alpha=0.8, noise=False, coefficient=coefficient)
     hook.after_backward(model, batch, output, step=0)
+    hook.after_clip(model, batch, output, step=0)  # no noise: nothing to add
     scores = contribution_scores(output.modality_logits, batch["y"])
-    k, _ = ogm_coefficients(scores, 0.8)
+    k, _ = ogm_coefficients(scores, 0.8, coefficient)
     record = hook.step_record()
     after = grads(model)
     for name, g in before.items():
@@ -157,6 +173,10 @@ def test_ogmge_noise_has_the_gradient_std_is_seeded_and_resumable():
             p.grad = before[name].clone()
         hook = OGMGE(model, alpha=0.5, seed=3)
         hook.after_backward(model, batch, output, step=0)
+        torch.testing.assert_close(
+            grads(model)["encoders.hard.proj.weight"], k["hard"] * before["encoders.hard.proj.weight"]
+        )
+        hook.after_clip(model, batch, output, step=0)  # the noise comes after clipping
         results.append(grads(model))
     for name in before:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=0, atol=0)
@@ -182,6 +202,39 @@ def test_ogmge_needs_modality_logits_and_labels():
         hook.after_backward(model, batch, output, 0)
     with pytest.raises(ValueError, match=r"batch\['y'\]"):
         hook.after_backward(model, {**batch, "y": batch["y"].float()}, output, 0)
+
+
+def test_ge_noise_survives_clipping_in_fit():
+    """In `fit`, the step uses clip(k * g) + noise: the noise is not shrunk by clipping."""
+    from crossfuse.train import FusionObjective
+
+    _, splits = dominance_splits({"train": 32}, 1)
+    data = splits["train"].data
+    batch = {"inputs": data.inputs, "masks": data.masks, "y": data.y}
+    config = TrainConfig(epochs=1, batch_size=32, seed=0, lr=0.1, optimizer="sgd", grad_clip=1e-3, weight_decay=0.0)
+    model = tiny_model(7)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hook = OGMGE(model, alpha=0.5, seed=5)
+    generator_state = hook.generator.get_state()
+    fit(model, data, None, config, hooks=[hook])
+    # Replay the step by hand: same weights, same batch (one batch = the whole split), same noise stream.
+    reference = tiny_model(7)
+    reference.load_state_dict(start)
+    reference.train()
+    loss, output = FusionObjective("classification").loss(reference, batch)
+    loss.backward()
+    replay = OGMGE(reference, alpha=0.5, seed=5)
+    replay.generator.set_state(generator_state)
+    replay.after_backward(reference, batch, output, 0)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)
+    clipped = grads(reference)
+    replay.after_clip(reference, batch, output, 0)
+    name = "encoders.hard.proj.weight"
+    noise = reference.get_parameter(name).grad - clipped[name]
+    assert clipped[name].norm() <= 1e-3 * 1.0001 < 0.1 * noise.norm()  # the noise dwarfs the clipped gradient
+    lr = config.lr  # first step: momentum buffer = gradient, no weight decay, lr at its peak
+    step = (start[name] - model.get_parameter(name).detach()) / lr
+    torch.testing.assert_close(step, clipped[name] + noise, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------- auxiliary losses

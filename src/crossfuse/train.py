@@ -139,7 +139,9 @@ class TrainHook(Protocol):
     """Called by `fit` around each optimisation step (gradient monitors, rebalancing).
 
     A hook may also define ``state_dict() -> dict`` (tensors and JSON values) and
-    ``load_state_dict(state)``; `fit` then stores its state in ``last/`` so resuming restores it.
+    ``load_state_dict(state)``; `fit` then stores its state in ``last/`` so resuming restores it;
+    and ``after_clip(model, batch, output, step)``, called after gradient clipping, before the step
+    (e.g. OGM-GE's noise, which clipping must not shrink).
     """
 
     def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
@@ -539,7 +541,8 @@ def fit(
     the same weights on CPU. With ``out_dir`` writes metrics.jsonl, config.json (``metadata`` is
     stored in it under ``"metadata"``), ``best/`` and ``last/`` checkpoints; ``resume=True``
     continues from ``out_dir/last`` if it exists (else starts afresh). Hooks (``hooks`` plus those
-    ``config.balance`` / ``config.monitor_gradients`` ask for) run after backward, before clipping.
+    ``config.balance`` / ``config.monitor_gradients`` ask for) run after backward, before clipping
+    (``after_clip``, where a hook has it, after clipping).
     On return the model holds the last weights (not the best ones).
 
     Shapes: see the module docstring for the batch layout of the default `FusionObjective`.
@@ -649,6 +652,9 @@ def _fit(
                     hook.after_backward(train_model, batch, output, step)
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                for hook in hooks:
+                    if hasattr(hook, "after_clip"):
+                        hook.after_clip(train_model, batch, output, step)
                 optimizer.step()
                 scheduler.step()
                 epoch_losses.append(loss.item())
