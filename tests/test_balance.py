@@ -259,8 +259,9 @@ def test_auxiliary_loss_gradient_equals_gradient_of_the_summed_loss():
 def test_build_hooks_selection_and_validation():
     model = tiny_model()
     assert build_hooks(model, TrainConfig()) == []
-    kinds = [type(h) for h in build_hooks(model, TrainConfig(balance="ogm-ge", monitor_gradients=True))]
-    assert kinds == [GradientNormMonitor, OGMGE]
+    hooks = build_hooks(model, TrainConfig(balance="ogm-ge", monitor_gradients=True))
+    assert [type(h) for h in hooks] == [GradientNormMonitor, OGMGE]
+    assert hooks[1].coefficient == "paper"  # `crossfuse train --balance ogm-ge` = the dominance experiment's
     assert [type(h) for h in build_hooks(model, TrainConfig(balance="aux"))] == [AuxiliaryLoss]
     with pytest.raises(ValueError, match="balance: expected one of"):
         build_hooks(model, TrainConfig(balance="ogm"))

@@ -11,7 +11,11 @@ must learn to compute which direction carries extra energy (``argmax_c sum_t (x_
   signal energy a_e^2 = 16 stands far above the noise along any one direction, so once the encoder
   learns the 4 directions (within about an epoch) it reads the shown class almost perfectly; the
   256 features make the directions a needle a random projection does not find (untrained probe
-  near chance, ~0.25 on 4 classes). With probability ``easy_reliability`` (the sample is
+  near chance: 0.268 ± 0.002 on 4 classes, 3 seeds). Measured learning speed (2000 samples, SGD
+  momentum 0.9, lr 0.05 with 5% warmup, cosine over 10 epochs, seeds 0-2, joint training): easy
+  probe 0.29-0.30 after epoch 1, 0.46-0.63 after 2, 0.70-0.84 after 3, so it is learned within
+  two to three epochs, not one as the issue asked (the hard encoder's probe, 0.54-0.75 after
+  epoch 1, is learned about as early, which limits the starvation). With probability ``easy_reliability`` (the sample is
   *reliable*) the shown class is y; otherwise a class drawn uniformly at random, independent of
   y (a misleading shortcut), so alone it caps accuracy at ``r + (1 - r) / C`` (0.85).
 - ``"hard"`` (T_h = 16 tokens x D_h = 16 features, amplitude a_h = 1.25, unit noise): the same
