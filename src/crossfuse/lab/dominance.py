@@ -105,7 +105,7 @@ class Plan:
 
 
 PLANS: dict[Size, Plan] = {
-    "smoke": Plan(1, 10.0, False, n_train=192, n_test=128, epochs=1),
+    "smoke": Plan(1, 3.0, False, n_train=192, n_test=128, epochs=1),
     "quick": Plan(3, 70.0, True, n_train=2000, n_test=1000, epochs=10),
     "full": Plan(5, None, True, n_train=4000, n_test=2000, epochs=15),
 }
