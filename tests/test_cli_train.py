@@ -16,7 +16,8 @@ import torch
 import crossfuse.train
 from crossfuse.cli import main
 from crossfuse.data.npz import load_npz, seeded_split
-from crossfuse.runs import load_run, prepare_run_dir
+from crossfuse.run_dir import MARKER_FILE
+from crossfuse.runs import load_run
 from crossfuse.train import classification_metrics, predict, regression_metrics
 
 SMALL = ["--epochs", "2", "--batch-size", "32", "--dim", "8", "--heads", "2", "--layers", "1"]
@@ -67,7 +68,14 @@ def test_train_subprocess_writes_the_run_and_refuses_to_overwrite(data_dir: Path
     assert "split train 84 / val 18 / test 18 (seeded" in run.stdout
     assert "task classification, 3 classes [2, 5, 9]" in run.stdout
     assert "final (epoch 2): val accuracy" in run.stdout and "epoch 1/2  train_loss" in run.stdout
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "best", "last"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "best",
+        "last",
+        "curves.png",
+        MARKER_FILE,
+    }
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     again = cli("train", "--data", str(data_dir / "toy.npz"), "--out", str(out), *SMALL)
     assert again.returncode == 2
@@ -185,19 +193,3 @@ def test_compare_table_files_and_unknown_names(data_dir: Path, tmp_path: Path, c
     assert (
         "unknown fusion strategy 'attn'; known: bicross, cross, early, flatten, gated, late" in capsys.readouterr().err
     )
-
-
-def test_run_directory_rules(tmp_path: Path) -> None:
-    assert prepare_run_dir(tmp_path / "new") is False and (tmp_path / "new").is_dir()
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "thesis.tex").write_text("...")
-    with pytest.raises(FileExistsError, match="already exists; pass --force"):
-        prepare_run_dir(precious)
-    with pytest.raises(ValueError, match=r"not a crossfuse run directory .* not deleting it"):
-        prepare_run_dir(precious, force=True)
-    with pytest.raises(ValueError, match=r"--resume: .* is not a crossfuse run directory"):
-        prepare_run_dir(precious, resume=True)
-    assert (precious / "thesis.tex").exists()
-    with pytest.raises(ValueError, match="at most one of them"):
-        prepare_run_dir(precious, force=True, resume=True)
