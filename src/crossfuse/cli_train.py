@@ -39,6 +39,17 @@ def train_config(args: argparse.Namespace, task: str, progress: bool) -> TrainCo
     return TrainConfig(**{**values, "task": task, "progress": progress})
 
 
+def checked_train_config(args: argparse.Namespace, progress: bool) -> TrainConfig:
+    """`train_config` checked by the library, and at least one epoch (a run of 0 epochs has no result)."""
+    from crossfuse.train import check_config
+
+    config = train_config(args, args.task or "classification", progress)
+    check_config(config)
+    if config.epochs < 1:
+        raise ValueError(f"epochs: expected an integer >= 1 for a run, got {config.epochs}")
+    return config
+
+
 def set_threads(threads: int | None) -> None:
     import torch
 
@@ -64,13 +75,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crossfuse.data.targets import load_training_data
     from crossfuse.fusion import ModalitySpec, build_fusion
     from crossfuse.runs import TargetEncoding, model_spec, prepare_run_dir, read_run_config
-    from crossfuse.train import check_config, fit, seed_everything
+    from crossfuse.train import fit, seed_everything
 
     # Everything is checked before the run directory is touched (a failing --force keeps the old run).
     check_fusion_names([args.fusion], "fusion")
     set_threads(args.threads)
-    config = train_config(args, args.task or "classification", progress=not args.quiet)
-    check_config(config)
+    config = checked_train_config(args, progress=not args.quiet)
     training = load_training_data(args.data, args.task, args.split_seed)
     config = dataclasses.replace(config, task=training.task)
     data, split = training.data, training.split
@@ -195,15 +205,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train several strategies over several seeds on one .npz; print and save one table and a bar chart."""
     from crossfuse.compare import FILES, check_fusion_names, compare_fusions
     from crossfuse.data.targets import load_training_data
-    from crossfuse.train import check_config
 
     names = [n.strip() for n in args.fusions.split(",") if n.strip()]
     check_fusion_names(names, "fusions")
     set_threads(args.threads)
     if args.seeds < 1:
         raise ValueError(f"seeds: expected an integer >= 1, got {args.seeds}")
-    config = train_config(args, args.task or "classification", progress=False)
-    check_config(config)
+    config = checked_train_config(args, progress=False)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out: {out} exists and is not a directory")

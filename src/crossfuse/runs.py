@@ -73,8 +73,15 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"run: {path} is not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    if not isinstance(config, dict):
+        raise ValueError(f"run: {path} holds a JSON {type(config).__name__}, expected an object with format {FORMAT!r}")
+    if config.get("format") != FORMAT:
         raise ValueError(f"run: {path} has format {config.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in ("model", "train") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise ValueError(
+            f"run: {path} lacks the section(s) {missing}; expected a config.json written by crossfuse train"
+        )
     return config
 
 
@@ -226,7 +233,10 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> LoadedRun:
         raise ValueError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    model = build_model(config["model"])
+    try:
+        model = build_model(config["model"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"run: {run_dir / RUN_CONFIG_FILE} has an incomplete model section ({error!r})") from None
     found = ckpt.resolve_checkpoint(run_dir / checkpoint) or ckpt.resolve_checkpoint(run_dir / "last")
     if found is None:
         raise FileNotFoundError(f"run: no checkpoint in {run_dir} (expected {checkpoint}/{ckpt.MODEL_FILE})")
