@@ -38,7 +38,7 @@ KINDS: dict[str, dict[str, tuple[str, ...] | None]] = {
         ".best.old": _CHECKPOINT_FILES,
         ".last.tmp": _CHECKPOINT_FILES,
         ".last.old": _CHECKPOINT_FILES,
-        "tensorboard": ("events.out.tfevents.*",),
+        "events.out.tfevents.*": None,  # --tensorboard writes its event files beside metrics.jsonl
     },
     "captioner": {
         "config.json": None,

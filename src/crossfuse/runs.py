@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,21 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def write_run_config(
-    out_dir: Path, model: nn.Module, train_config: dict[str, Any], metadata: dict[str, Any] | None = None
+    out_dir: Path,
+    model: nn.Module,
+    train_config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``out_dir/config.json`` (atomically); ``metadata`` must be JSON-serialisable."""
+    """Write ``out_dir/config.json`` (atomically); ``metadata`` must be JSON-serialisable.
+
+    ``data_fingerprint`` (rows and SHA-256 of the training and validation data, see
+    `crossfuse.resume.data_fingerprint`) is stored under ``"data_fingerprint"``.
+    """
     path = Path(out_dir) / RUN_CONFIG_FILE
     record = {"format": FORMAT, "model": model_spec(model), "train": train_config, "metadata": metadata or {}}
+    if data_fingerprint is not None:
+        record["data_fingerprint"] = data_fingerprint
     ckpt.write_json_atomic(path, json.loads(json.dumps(record)))
     return path
 
@@ -220,7 +232,31 @@ def build_model(spec: dict[str, Any]) -> FusionModel:
     if unknown:
         raise ValueError(f"config.json: fusion_config has fields {unknown} that this FusionConfig lacks")
     modalities = {n: ModalitySpec(**s) for n, s in spec["modalities"].items()}
-    return build_fusion(spec["fusion"], modalities, int(spec["num_outputs"]), FusionConfig(**spec["fusion_config"]))
+
+    def build() -> FusionModel:
+        return build_fusion(spec["fusion"], modalities, int(spec["num_outputs"]), FusionConfig(**spec["fusion_config"]))
+
+    count = count_parameters(build)
+    limit = _memory_bytes() // 2
+    if 4 * count > limit:
+        raise ValueError(
+            f"config.json: the model would hold {count:,} parameters ({4 * count / 2**30:.1f} GiB as float32), "
+            f"more than half of this machine's memory ({limit / 2**30:.1f} GiB); check its sizes (dim, layers)"
+        )
+    return build()
+
+
+def count_parameters(build: Callable[[], nn.Module]) -> int:
+    """Parameters of the module ``build()`` returns, built on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return 2**62
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> LoadedRun:
