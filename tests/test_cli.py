@@ -10,6 +10,7 @@ from crossfuse.balance import BALANCE_METHODS
 from crossfuse.cli import HelpFormatter, build_parser, flag_message, main
 from crossfuse.fusion import FUSIONS, FusionConfig
 from crossfuse.lab.result import SIZES
+from crossfuse.precision import PRECISIONS
 from crossfuse.train import OPTIMIZERS, TASKS, TrainConfig
 
 
@@ -61,6 +62,16 @@ def test_choices_and_defaults_come_from_the_library() -> None:
         fusion.num_layers,
     )
     assert tuple({a.dest: a for a in parsers["crossfuse lab"]._actions}["size"].choices) == SIZES
+    for prog in (
+        "crossfuse train",
+        "crossfuse compare",
+        "crossfuse evaluate",
+        "crossfuse predict",
+        "crossfuse caption",
+    ):
+        actions = {a.dest: a for a in parsers[prog]._actions}
+        assert tuple(actions["precision"].choices) == PRECISIONS and actions["device"].default == "cpu", prog
+    assert train["tensorboard"].default is defaults.tensorboard is False
 
 
 def test_library_argument_names_become_the_commands_flags() -> None:

@@ -193,3 +193,33 @@ def test_compare_table_files_and_unknown_names(data_dir: Path, tmp_path: Path, c
     assert (
         "unknown fusion strategy 'attn'; known: bicross, cross, early, flatten, gated, late" in capsys.readouterr().err
     )
+
+
+def test_precision_device_and_tensorboard_flags(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """bf16 autocast on CPU end to end; TensorBoard events beside metrics.jsonl; --force accepts them as ours."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "bf16"
+    base = ["train", "--data", str(data_dir / "toy.npz"), "--out", str(out), "--quiet", *SMALL]
+    assert main([*base, "--precision", "bf16", "--device", "auto", "--tensorboard"]) == 0
+    stored = json.loads((out / "config.json").read_text())["train"]
+    assert (stored["precision"], stored["device"], stored["tensorboard"]) == ("bf16", "auto", True)
+    events = sorted(out.glob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    logged = [e.value for e in accumulator.Scalars("epoch/train_loss")]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([r["train_loss"] for r in records if r.get("kind", "epoch") == "epoch"])
+    capsys.readouterr()
+    preds = tmp_path / "p.csv"
+    args = ["--run", str(out), "--data", str(data_dir / "new.npz"), "--out", str(preds), "--precision", "bf16"]
+    assert main(["predict", *args]) == 0
+    assert main(["evaluate", "--run", str(out), "--precision", "bf16"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main([*base, "--force"]) == 0  # the event files are crossfuse's own: --force may delete them
+    assert not list(out.glob("events.out.tfevents.*"))
+    with pytest.raises(SystemExit) as parse_error:  # argparse exits during parsing
+        main(["evaluate", "--run", str(out), "--precision", "fp8"])
+    assert parse_error.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crossfuse.cli import main
 from crossfuse.run_dir import LOCK_FILE
@@ -82,6 +83,9 @@ def test_force_with_a_bad_option_leaves_the_old_run_intact(world: Path, tmp_path
     base = ["train", "--data", str(world / "good.npz"), "--out", str(existing), "--force", *SMALL]
     assert_refused(cli(*base, "--batch-size", "0"), "--batch-size:", "got 0")
     assert_refused(cli(*base, "--checkpoint-every", "0"), "--checkpoint-every:")
+    assert_refused(cli(*base, env={"WORLD_SIZE": "2"}), "RANK:", "WORLD_SIZE=2")
+    if not torch.cuda.is_available():
+        assert_refused(cli(*base, "--device", "cuda"), "--device:", "no CUDA GPU")
     assert snapshot(tmp_path) == before
 
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from crossfuse.lab.result import SIZES
+from crossfuse.precision import DEVICE_KINDS, PRECISIONS
 
 
 def cmd_caption_train(args: argparse.Namespace) -> int:
@@ -50,23 +51,29 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from crossfuse.data.radiographs import detokenize, load_png
     from crossfuse.models.captioner import load_captioner
     from crossfuse.models.decoding import beam_search, greedy_decode
+    from crossfuse.precision import autocast, check_precision, resolve_device
     from crossfuse.viz.heatmaps import write_word_heatmaps
 
     if args.beam < 1:
         raise ValueError(f"beam: expected an integer >= 1, got {args.beam}")
     if not math.isfinite(args.length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {args.length_penalty}")
-    model, vocab = load_captioner(Path(args.run))
+    check_precision(args.precision)
+    device = resolve_device(args.device)
+    model, vocab = load_captioner(Path(args.run), device=str(device))
     image = load_png(Path(args.image), model.config.image_size)
-    images = torch.from_numpy(image)[None, None]
-    if args.beam == 1:
-        out = greedy_decode(model, images, return_attention=True)
-    else:
-        out = beam_search(model, images, args.beam, length_penalty=args.length_penalty, return_attention=True)
+    images = torch.from_numpy(image)[None, None].to(device)
+    with autocast(device, args.precision):
+        if args.beam == 1:
+            out = greedy_decode(model, images, return_attention=True)
+        else:
+            out = beam_search(model, images, args.beam, length_penalty=args.length_penalty, return_attention=True)
     words = vocab.words(out.tokens[0])
     print(detokenize(words))
     if args.heatmaps:
-        paths = write_word_heatmaps(image, words, out.mean_attention(0), Path(args.heatmaps), grid=model.grid)
+        paths = write_word_heatmaps(
+            image, words, out.mean_attention(0).float().cpu(), Path(args.heatmaps), grid=model.grid
+        )
         print(f"{len(paths)} word heatmaps (cross-attention, mean over layers and heads) written to {args.heatmaps}")
     return 0
 
@@ -81,6 +88,8 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     caption.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     caption.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length**alpha")
     caption.add_argument("--heatmaps", default=None, help="directory for one attention heatmap PNG per word")
+    caption.add_argument("--device", default="cpu", help=f"{', '.join(DEVICE_KINDS)} or cuda:N")
+    caption.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype while decoding")
     caption.set_defaults(func=cmd_caption)
 
     train = sub.add_parser(

@@ -15,6 +15,7 @@ from pathlib import Path
 from crossfuse.balance import BALANCE_METHODS
 from crossfuse.data.npz import SPLITS
 from crossfuse.fusion import FUSIONS, FusionConfig
+from crossfuse.precision import DEVICE_KINDS, PRECISIONS
 from crossfuse.train import OPTIMIZERS, TASKS, TrainConfig
 
 CHECKPOINTS = ("best", "last")
@@ -40,13 +41,20 @@ def train_config(args: argparse.Namespace, task: str, progress: bool) -> TrainCo
 
 
 def checked_train_config(args: argparse.Namespace, progress: bool) -> TrainConfig:
-    """`train_config` checked by the library, and at least one epoch (a run of 0 epochs has no result)."""
-    from crossfuse.train import check_config
+    """`train_config` checked by the library, at least one epoch (0 epochs have no result), the DDP
+    environment, the device's presence and TensorBoard's import: all before anything touches the disk."""
+    from crossfuse.metrics_log import check_tensorboard
+    from crossfuse.precision import resolve_device
+    from crossfuse.train import check_config, check_environment
 
     config = train_config(args, args.task or "classification", progress)
     check_config(config)
     if config.epochs < 1:
         raise ValueError(f"epochs: expected an integer >= 1 for a run, got {config.epochs}")
+    check_environment()
+    resolve_device(config.device)  # a missing GPU is reported now, not after the run directory is prepared
+    if config.tensorboard:
+        check_tensorboard()
     return config
 
 
@@ -145,6 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from crossfuse.train import classification_metrics, predict, regression_metrics
 
     run = load_run(Path(args.run), args.checkpoint)
+    _run_on_device(run, args)
     path = args.data or run.config.get("metadata", {}).get("data", {}).get("path")
     if not path:
         raise ValueError("data: the run does not record its data file; pass --data")
@@ -153,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = coerce_targets(data, run.task, f"data (the run's task is {run.task})")
     rows = _split_rows(run, data, split, args.split, path)
     subset = data.subset(torch.from_numpy(rows))
-    outputs = predict(run.model, subset)
+    outputs = predict(run.model, subset, precision=args.precision).float().cpu()
     if run.task == "classification":
         metrics = classification_metrics(outputs, run.targets.encode(subset.y))
     else:
@@ -177,11 +186,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise FileExistsError(f"out: {out} already exists; pass --force to overwrite it")
     run = load_run(Path(args.run), args.checkpoint)
+    _run_on_device(run, args)
     data, _ = load_npz(args.data, require_y=False)
     run.check_data(data)
     if len(data) == 0:
         raise ValueError(f"data: {args.data} has 0 rows; nothing to predict")
-    outputs = predict(run.model, data)
+    outputs = predict(run.model, data, precision=args.precision).float().cpu()
     values = run.targets.decode(outputs)
     if run.task == "classification":
         header = ["row", "prediction"] + [f"prob_{c}" for c in run.targets.classes]
@@ -250,6 +260,23 @@ def _add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is fastest for small models on a busy machine)"
     )
+    _add_device_args(parser, _TRAIN_DEFAULTS.device, _TRAIN_DEFAULTS.precision)
+
+
+def _add_device_args(parser: argparse.ArgumentParser, device: str, precision: str) -> None:
+    kinds = ", ".join(DEVICE_KINDS)
+    parser.add_argument("--device", default=device, help=f"{kinds} or cuda:N (auto: CUDA when available)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=precision, help="autocast dtype (fp16 with a gradient scaler)"
+    )
+
+
+def _run_on_device(run, args: argparse.Namespace) -> None:
+    """Move a loaded run's model to --device (weights stay float32; --precision only autocasts)."""
+    from crossfuse.precision import check_precision, resolve_device
+
+    check_precision(args.precision)
+    run.model.to(resolve_device(args.device))
 
 
 def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -269,6 +296,9 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
         "--checkpoint-every", type=int, default=d.checkpoint_every_steps, help="also checkpoint every N steps"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--tensorboard", action="store_true", help="also write the metrics as TensorBoard events into --out"
+    )
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a trained run", formatter_class=formatter)
@@ -276,6 +306,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     evaluate.add_argument("--data", default=None, help=".npz (None: the training data)")
     evaluate.add_argument("--split", choices=[*SPLITS, "all"], default="test", help="rows to score")
     evaluate.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
+    _add_device_args(evaluate, "cpu", "fp32")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser(
@@ -286,6 +317,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     predict.add_argument("--out", required=True, help="CSV file to write")
     predict.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
     predict.add_argument("--force", action="store_true", help="overwrite --out")
+    _add_device_args(predict, "cpu", "fp32")
     predict.set_defaults(func=cmd_predict)
 
     compare = sub.add_parser(
