@@ -177,7 +177,9 @@ def prepare_run_dir(path: Path, force: bool = False, resume: bool = False, kind:
         return True
     if existing:
         if not force:
-            raise FileExistsError(f"out: {path} already exists; pass force (--force) to start over or --resume")
+            raise FileExistsError(
+                f"out: {path} already exists; start over with force (--force) or continue it with resume (--resume)"
+            )
         if marker is None:
             raise ValueError(
                 f"out: {path} was not created by crossfuse (no {MARKER_FILE}); not deleting it, remove it yourself"
