@@ -21,6 +21,8 @@ from crossfuse.config_file import add_config_argument, apply_config_defaults
 
 # Library argument names that differ from the flag's dest (TrainConfig / FusionConfig field -> dest).
 ARGUMENT_ALIASES = {"checkpoint_every_steps": "checkpoint_every", "num_heads": "heads", "num_layers": "layers"}
+# Library names that are not the flag of the same name (crossfuse.checkpoint's "checkpoint: <file>: ..." names a file).
+NOT_FLAGS = frozenset({"checkpoint"})
 _PREFIX = re.compile(r"^(?:config\.)?([A-Za-z_][A-Za-z0-9_]*)(?=[: ])")
 
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def flag_message(message: str, command: argparse.ArgumentParser | None) -> str:
     """``"out: x exists"`` -> ``"--out: x exists"`` when ``command`` has ``--out``; other messages unchanged."""
     match = _PREFIX.match(message)
-    if command is None or match is None:
+    if command is None or match is None or match.group(1) in NOT_FLAGS:
         return message
     dest = ARGUMENT_ALIASES.get(match.group(1), match.group(1))
     flags = {a.dest: a.option_strings for a in command._actions if a.option_strings}
