@@ -58,6 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(root / "good.npz", a=a, b=b, y=(a[:, :, 0].mean(1) > 0).astype(np.int64))
     np.savez(root / "empty.npz", a=a[:0], b=b[:0])
     assert main(["train", "--data", str(root / "good.npz"), "--out", str(root / "run"), *SMALL]) == 0
+    assert not (root / "run" / LOCK_FILE).exists()  # released when the command returns, not only at exit
     return root
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from crossfuse import cli_caption, cli_data, cli_lab, cli_train
 from crossfuse.config_file import add_config_argument, apply_config_defaults
+from crossfuse.run_dir import release_all
 
 # Library argument names that differ from the flag's dest (TrainConfig / FusionConfig field -> dest).
 ARGUMENT_ALIASES = {"checkpoint_every_steps": "checkpoint_every", "num_heads": "heads", "num_layers": "layers"}
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("CROSSFUSE_DEBUG"):
             raise
         return _fail(f"internal error: {type(error).__name__}: {error} (CROSSFUSE_DEBUG=1 shows the traceback)", 1)
+    finally:
+        release_all()  # the run directory is free again when the command ends (also when it failed)
 
 
 def _os_text(error: OSError) -> str:

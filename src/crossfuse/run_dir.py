@@ -128,13 +128,19 @@ def acquire_lock(path: Path) -> None:
     staging.write_text(f"{os.getpid()}\n")
     os.replace(staging, path / LOCK_FILE)
     if not _HELD:
-        atexit.register(lambda: [_release(p) for p in list(_HELD)])
+        atexit.register(release_all)
     _HELD.add(path)
 
 
 def release_lock(path: Path) -> None:
     """Remove ``path``'s lock if this process holds it."""
     _release(Path(path))
+
+
+def release_all() -> None:
+    """Remove every lock this process holds (the end of a command; also run at interpreter exit)."""
+    for path in list(_HELD):
+        _release(path)
 
 
 def _empty_children(path: Path) -> None:
