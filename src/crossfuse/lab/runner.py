@@ -192,7 +192,7 @@ def resolve_jobs(jobs: int | str) -> int:
     return jobs
 
 
-def resolve_names(only: str | Sequence[str] | None, argument: str = "--only") -> list[str]:
+def resolve_names(only: str | Sequence[str] | None, argument: str = "only") -> list[str]:
     """Experiment names to run, in registry order for None; ``only`` may be "a,b" or a list.
 
     ``argument`` names the argument the names came from in error messages."""
