@@ -1,6 +1,8 @@
 """Image-to-report captioner: a patch encoder and a decoder of cross-attention blocks.
 
-The encoder turns an image into patch features (the *memory*); each decoder layer is a
+The encoder (``encoder="vit"``: `PatchEncoder`, global self-attention, optionally with register
+tokens; ``encoder="local"``: `LocalPatchEncoder`, receptive field of a few patches) turns an image
+into patch features (the *memory*); each decoder layer is a
 `CrossAttentionBlock`: causal self-attention over the tokens so far, cross-attention into the
 memory, MLP (the encoder-decoder transformer of Vaswani et al., 2017; image captioning with
 attention over regions: Xu et al., 2015). ``memory="pooled"`` replaces the patch features by
@@ -34,10 +36,12 @@ from torch.utils.data import DataLoader
 from crossfuse.attention import KVCache
 from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, select_layers
 from crossfuse.data.radiographs import Vocabulary
+from crossfuse.models.local_encoder import LocalPatchEncoder
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.validation import check_tensor
 
 CHECKPOINT_FORMAT = "crossfuse-captioner/1"
+ENCODERS = ("vit", "local")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class CaptionerConfig:
     dropout: float = 0.0
     max_len: int = 48
     memory: str = "patches"  # "patches" (cross-attention into every patch) | "pooled" (one mean vector)
+    encoder: str = "vit"  # "vit" (global self-attention, `PatchEncoder`) | "local" (`LocalPatchEncoder`)
+    registers: int = 0  # ViT register tokens, dropped from the memory (encoder="vit" only)
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -63,6 +69,12 @@ class CaptionerConfig:
     def __post_init__(self) -> None:
         if self.memory not in ("patches", "pooled"):
             raise ValueError(f"memory: expected 'patches' or 'pooled', got {self.memory!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder: expected one of {ENCODERS}, got {self.encoder!r}")
+        if self.registers < 0 or (self.registers and self.encoder != "vit"):
+            raise ValueError(
+                f"registers: expected >= 0 and only with encoder='vit', got {self.registers} with {self.encoder!r}"
+            )
         if self.vocab_size <= max(self.pad_id, self.bos_id, self.eos_id):
             raise ValueError(f"vocab_size: expected > special token ids, got {self.vocab_size}")
 
@@ -106,9 +118,23 @@ class Captioner(nn.Module):
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         c = self.config = config
-        self.encoder = PatchEncoder(
-            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.num_heads, c.mlp_ratio, c.dropout
-        )
+        self.encoder: PatchEncoder | LocalPatchEncoder
+        if c.encoder == "local":
+            self.encoder = LocalPatchEncoder(
+                c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
+            )
+        else:
+            self.encoder = PatchEncoder(
+                c.image_size,
+                c.patch_size,
+                c.in_channels,
+                c.dim,
+                c.encoder_layers,
+                c.num_heads,
+                c.mlp_ratio,
+                c.dropout,
+                registers=c.registers,
+            )
         self.token_embed = nn.Embedding(c.vocab_size, c.dim)
         self.pos_embed = nn.Embedding(c.max_len, c.dim)
         nn.init.normal_(self.token_embed.weight, std=0.02)
