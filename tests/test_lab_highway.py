@@ -1,6 +1,7 @@
 """The gradient-highway experiment: routing shares (exact for a pooled decoder), the depth models, a smoke run."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -113,11 +114,12 @@ def test_patch_memory_pools_only_for_the_pooled_decoder(corpus) -> None:
         assert patches.shape == (2, 64, 16) and patches.requires_grad and mem.shape == (2, length, 16)
 
 
-def test_prefix_captioner_is_causal_and_shares_the_encoder_init(corpus) -> None:
+@pytest.mark.parametrize("encoder", ["local", "vit"])
+def test_prefix_captioner_is_causal_and_shares_the_encoder_init(corpus, encoder: str) -> None:
     studies, vocab, max_len = corpus
-    config = small_config(vocab, max_len)
+    config = replace(small_config(vocab, max_len), encoder=encoder)
     cross, prefix = build("cross", config, 3), build("prefix", config, 3)
-    assert isinstance(prefix, PrefixCaptioner)
+    assert isinstance(prefix, PrefixCaptioner) and type(prefix.encoder) is type(cross.encoder)
     for a, b in zip(cross.encoder.parameters(), prefix.encoder.parameters(), strict=True):
         assert torch.equal(a, b)
     images = torch.from_numpy(np.stack([s.image for s in studies[:2]]))[:, None]

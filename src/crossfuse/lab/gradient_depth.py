@@ -26,17 +26,37 @@ from torch import Tensor, nn
 from crossfuse.blocks import SelfAttentionBlock
 from crossfuse.data.radiographs import RadiographDataset
 from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
+from crossfuse.models.local_encoder import LocalPatchEncoder
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.train import TrainConfig, fit
 
 MODELS = ("cross", "prefix")
 
 
+def image_encoder(c: CaptionerConfig) -> nn.Module:
+    """The encoder `Captioner` builds for ``c`` (``encoder="local"`` or ``"vit"``), built the same way."""
+    if c.encoder == "local":
+        return LocalPatchEncoder(
+            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
+        )
+    return PatchEncoder(
+        c.image_size,
+        c.patch_size,
+        c.in_channels,
+        c.dim,
+        c.encoder_layers,
+        c.num_heads,
+        c.mlp_ratio,
+        c.dropout,
+        registers=c.registers,
+    )
+
+
 class PrefixCaptioner(nn.Module):
     """Patch encoder -> mean-pooled image token as a prefix -> causal self-attention decoder -> vocabulary.
 
-    The encoder is built first and exactly as in `Captioner`, so under the same seed both models
-    start from the same encoder weights.
+    The encoder (``config.encoder``) is built first and exactly as in `Captioner`, so under the same
+    seed both models start from the same encoder weights.
 
     Shapes: forward(images: (B, C, H, W), tokens: (B, T) long) -> logits (B, T, V); the prefix
     position's output is dropped, so logits[:, t] predicts the token after tokens[:, t].
@@ -45,9 +65,7 @@ class PrefixCaptioner(nn.Module):
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         c = self.config = config
-        self.encoder = PatchEncoder(
-            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.num_heads, c.mlp_ratio, c.dropout
-        )
+        self.encoder = image_encoder(c)
         self.token_embed = nn.Embedding(c.vocab_size, c.dim)
         self.pos_embed = nn.Embedding(c.max_len + 1, c.dim)
         nn.init.normal_(self.token_embed.weight, std=0.02)

@@ -2,15 +2,17 @@
 
 Two measurements, declared (CLAIM, PRECONDITION, CRITERION below) before the run:
 
-(a) *Routing* (`crossfuse.lab.gradient_routing`). Captioners are trained with the report experiment's
-    training function (`crossfuse.lab.report_generation.train_report_model`, a smaller budget). For each
+(a) *Routing* (`crossfuse.lab.gradient_routing`). Captioners with the local and the ViT encoder are trained
+    with the shared recipe of the report experiment (`crossfuse.models.captioner_training.train_captioner`,
+    standard films, a smaller budget). For each
     finding word of held-out reference reports, the share of ||d log p(word) / d memory||^2 that falls on
     the finding's box patches, divided by the box's patch share. A mean-pooled decoder's ratio is exactly 1
     by construction (every patch receives the same gradient); it is computed, not assumed. Rows: trained
     captioners per encoder, the pooled decoder, and an untrained captioner (what initialisation routes).
 (b) *Depth* (`crossfuse.lab.gradient_depth`). The gradient norm reaching the encoder's last layer with 2, 4,
     8 and 16 decoder layers: cross-attention in every layer against the image given once, as a pooled prefix
-    at the decoder's input; at initialisation and after a fixed number of training steps.
+    at the decoder's input; at initialisation and after a fixed number of training steps; local encoder,
+    standard films.
 
 The previous version of this experiment compared first-layer gradient norms at initialisation against a
 pooled memory (criterion: ratio >= 2; measured 0.70, not supported). At initialisation cross-attention is
@@ -28,13 +30,13 @@ import numpy as np
 import torch
 
 from crossfuse.data.radiographs import RadiographDataset, Vocabulary, generate_studies, max_report_length
-from crossfuse.lab import report_generation
 from crossfuse.lab.common import mean_std, verdict
 from crossfuse.lab.gradient_depth import MODELS, DepthPoint, depth_curve
 from crossfuse.lab.gradient_figures import depth_figure, routing_figure
 from crossfuse.lab.gradient_routing import WordRouting, attention_entropy, routing_shares
 from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.models.captioner import Captioner, CaptionerConfig
+from crossfuse.models.captioner_training import PATCH_SIZE, CaptionerShape, TrainedCaptioner, train_captioner
 
 CLAIM = (
     "Cross-attention is a gradient highway: it routes a finding word's gradient to the image patches that hold "
@@ -58,6 +60,7 @@ CRITERION = (
     "at every decoder depth (2, 4, 8, 16). The at-initialisation row is reported, not judged."
 )
 ENCODERS = ("local", "vit")
+DEPTH_ENCODER = "local"
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,8 @@ PLANS: dict[Size, Plan] = {
 }
 
 
-def _report_plan(plan: Plan) -> report_generation.Plan:
-    return report_generation.Plan(
-        seeds=1,
-        expected_s=None,
-        judged=plan.judged,
+def _train(plan: Plan, encoder: str, seed: int, say: Progress) -> TrainedCaptioner:
+    shape = CaptionerShape(
         n_train=plan.n_train,
         n_val=16,
         n_test=plan.n_test,
@@ -97,23 +97,12 @@ def _report_plan(plan: Plan) -> report_generation.Plan:
         batch_size=plan.batch_size,
         lr=plan.lr,
         dim=plan.dim,
+        encoder=encoder,
     )
+    return train_captioner(shape, seed, say)
 
 
-def _available_encoders() -> tuple[str, ...]:
-    """Encoders the captioner offers (the local encoder arrives with `CaptionerConfig.encoder`)."""
-    fields = CaptionerConfig.__dataclass_fields__
-    return ENCODERS if "encoder" in fields else ("vit",)
-
-
-def _train(plan: Plan, encoder: str, seed: int, say: Progress) -> report_generation.TrainedCaptioner:
-    rplan = _report_plan(plan)
-    if "encoder" in report_generation.Plan.__dataclass_fields__:
-        rplan = replace(rplan, encoder=encoder)
-    return report_generation.train_report_model(rplan, seed, say)
-
-
-def _untrained(trained: report_generation.TrainedCaptioner, memory: str, seed: int) -> Captioner:
+def _untrained(trained: TrainedCaptioner, memory: str, seed: int) -> Captioner:
     torch.manual_seed(seed)
     return Captioner(replace(trained.model.config, memory=memory)).eval()
 
@@ -125,8 +114,8 @@ def _median(values: list[float]) -> float:
 def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Routing shares of trained captioners, then the depth curve; see the module docstring."""
     say = progress
-    patch = report_generation.PATCH_SIZE
-    encoders = _available_encoders()
+    patch = PATCH_SIZE
+    encoders = ENCODERS
     routing: dict[str, list[WordRouting]] = {}
     entropy: dict[str, list[float]] = {}
     cpu: dict[str, float] = {}
@@ -156,7 +145,9 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     data = RadiographDataset(studies[plan.batch_size :], vocab, max_len)
     probe_data = RadiographDataset(studies[: plan.batch_size], vocab, max_len)
     probe = {"image": probe_data.images, "tokens": probe_data.tokens}
-    config = CaptionerConfig(vocab_size=len(vocab), dim=plan.dim, max_len=max_len, pad_id=vocab.pad_id)
+    config = CaptionerConfig(
+        vocab_size=len(vocab), dim=plan.dim, max_len=max_len, encoder=DEPTH_ENCODER, pad_id=vocab.pad_id
+    )
     depth_seeds = seeds[: plan.depth_seeds] if len(seeds) >= plan.depth_seeds else seeds
     points = depth_curve(config, data, probe, plan.depths, depth_seeds, plan.depth_steps, plan.batch_size, plan.lr, say)
     cpu["depth"] = time.process_time() - started
@@ -167,7 +158,7 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     entropy_main = float(np.mean(entropy[encoders[0]]))
     precondition_met = bool(entropy_main < ENTROPY_THRESHOLD)
     depth_rows, depth_ratio = _depth_table(points, plan.depths)
-    routing_ok = encoders[0] == "local" and routing_ratio >= ROUTING_THRESHOLD
+    routing_ok = routing_ratio >= ROUTING_THRESHOLD
     depth_ok = all(r >= DEPTH_THRESHOLD for r in depth_ratio["trained"].values())
     kinds = sorted({w.kind for words in routing.values() for w in words})
     routing_rows = [
@@ -204,9 +195,8 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
             depth_rows,
         ),
     ]
-    encoders_note = "" if encoders[0] == "local" else " (local encoder not available: routing judged not supported)"
     measured = (
-        f"(a) routing ratio, {main}: median {routing_ratio:.2f} (criterion >= {ROUTING_THRESHOLD}){encoders_note}; "
+        f"(a) routing ratio, {main}: median {routing_ratio:.2f} (criterion >= {ROUTING_THRESHOLD}); "
         + ", ".join(f"{name} {_median(v):.2f}" for name, v in ratios.items() if name != main)
         + f". (b) cross/prefix gradient ratio after {plan.depth_steps} steps at "
         + "/".join(str(d) for d in plan.depths)
