@@ -493,16 +493,19 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_caption_train(args: argparse.Namespace) -> int:
     """Train the report captioner on generated chest films and save it as a run for `crossfuse caption`."""
+    from dataclasses import replace
+
+    from crossfuse.checkpoint import save_captioner
     from crossfuse.data.radiographs import save_png
-    from crossfuse.lab.report_generation import PLANS, train_report_model
-    from crossfuse.models.captioner import save_captioner
+    from crossfuse.models.captioner_training import CAPTIONER_SIZES, train_captioner
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise FileExistsError(f"--out: {str(out)!r} exists and is not empty; pass --force to overwrite")
     if args.samples < 0:
         raise ValueError(f"--samples: expected >= 0, got {args.samples}")
-    trained = train_report_model(PLANS[args.size], args.seed, progress=lambda text: print(text, flush=True))
+    shape = replace(CAPTIONER_SIZES[args.size], encoder=args.encoder)
+    trained = train_captioner(shape, args.seed, progress=lambda text: print(text, flush=True))
     save_captioner(out, trained.model, trained.vocab)
     samples = out / "samples"
     samples.mkdir(exist_ok=True)
@@ -526,8 +529,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     import torch
 
+    from crossfuse.checkpoint import load_captioner
     from crossfuse.data.radiographs import detokenize, load_png
-    from crossfuse.models.captioner import load_captioner
+    from crossfuse.models.attention_maps import word_heatmaps
     from crossfuse.models.decoding import beam_search, greedy_decode
     from crossfuse.viz.heatmaps import write_word_heatmaps
 
@@ -535,33 +539,44 @@ def cmd_caption(args: argparse.Namespace) -> int:
         raise ValueError(f"--beam: expected an integer >= 1, got {args.beam}")
     if not math.isfinite(args.length_penalty):
         raise ValueError(f"--length-penalty: expected a finite number, got {args.length_penalty}")
-    model, vocab = load_captioner(Path(args.run))
+    try:
+        model, vocab = load_captioner(Path(args.run))
+    except (FileNotFoundError, ValueError) as error:  # the library names its argument; the user knows the flag
+        raise type(error)(str(error).replace("directory:", "--run:", 1)) from None
     image = load_png(Path(args.image), model.config.image_size)
     images = torch.from_numpy(image)[None, None]
     if args.beam == 1:
-        out = greedy_decode(model, images, return_attention=True)
+        out = greedy_decode(model, images)
     else:
-        out = beam_search(model, images, args.beam, length_penalty=args.length_penalty, return_attention=True)
+        out = beam_search(model, images, args.beam, length_penalty=args.length_penalty)
     words = vocab.words(out.tokens[0])
     print(detokenize(words))
     if args.heatmaps:
-        paths = write_word_heatmaps(image, words, out.mean_attention(0), Path(args.heatmaps), grid=model.grid)
-        print(f"{len(paths)} word heatmaps (cross-attention, mean over layers and heads) written to {args.heatmaps}")
+        heat = word_heatmaps(model, images, out.tokens, [args.method])[args.method][0]
+        paths = write_word_heatmaps(image, words, heat, Path(args.heatmaps), grid=model.grid)
+        print(f"{len(paths)} word heatmaps ({args.method} attention maps) written to {args.heatmaps}")
     return 0
 
 
 def _add_caption_parsers(sub: argparse._SubParsersAction) -> None:
+    from crossfuse.models.attention_maps import DEFAULT_METHOD, METHODS
+    from crossfuse.models.captioner import ENCODERS
+
     caption = sub.add_parser("caption", help="write the report of a chest-film PNG with a trained captioner")
     caption.add_argument("--run", required=True, help="run directory written by `crossfuse caption-train`")
     caption.add_argument("--image", required=True, help="grayscale PNG of the model's image size (64x64)")
     caption.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     caption.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length**alpha")
     caption.add_argument("--heatmaps", default=None, help="directory for one attention heatmap PNG per word")
+    caption.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD, help="heatmap method (default: best on validation films)"
+    )
     caption.set_defaults(func=cmd_caption)
 
     train = sub.add_parser("caption-train", help="train the report captioner on generated chest films")
     train.add_argument("--out", required=True, help="run directory to create")
     train.add_argument("--size", choices=["smoke", "quick", "full"], default="quick", help="data/training budget")
+    train.add_argument("--encoder", choices=ENCODERS, default="local", help="local patch encoder or ViT")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--samples", type=int, default=4, help="held-out films (PNG + reference) to save")
     train.add_argument("--force", action="store_true", help="write into a non-empty --out")

@@ -11,7 +11,7 @@ of the gradient-highway experiment).
 
 Training is teacher forcing (`CaptionObjective`): the decoder reads ``[BOS, w1, ..., wn]`` and
 predicts ``[w1, ..., wn, EOS]``. Generation lives in `crossfuse.models.decoding`.
-Checkpoints are a directory with ``config.json`` and ``model.safetensors`` (no pickle).
+Checkpoints: `crossfuse.checkpoint.save_captioner` / `load_captioner` (safetensors + JSON, no pickle).
 
 Shapes:
     images: (B, C, H, W)  tokens: (B, T) long  ->  logits: (B, T, V)
@@ -22,25 +22,20 @@ Shapes:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from crossfuse.attention import KVCache
 from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, select_layers
-from crossfuse.data.radiographs import Vocabulary
 from crossfuse.models.local_encoder import LocalPatchEncoder
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.validation import check_tensor
 
-CHECKPOINT_FORMAT = "crossfuse-captioner/1"
 ENCODERS = ("vit", "local")
 
 
@@ -255,34 +250,3 @@ class CaptionObjective:
         model.train(was_training)
         accuracy = correct / max(count, 1)
         return {"loss": total / max(count, 1), "token_accuracy": accuracy, "score": accuracy}
-
-
-def save_captioner(directory: Path, model: Captioner, vocab: Vocabulary) -> Path:
-    """Write ``config.json`` (model config + vocabulary) and ``model.safetensors`` into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    record = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "vocab": vocab.tokens}
-    (directory / "config.json").write_text(json.dumps(record, indent=2))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    return directory
-
-
-def load_captioner(directory: Path, device: str = "cpu") -> tuple[Captioner, Vocabulary]:
-    """Read a directory written by `save_captioner`; the model comes back in eval mode."""
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(
-            f"run: no captioner in {str(directory)!r} (expected config.json and model.safetensors; "
-            f"create one with `crossfuse caption-train --out {directory}`)"
-        )
-    try:
-        record = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"run: {str(config_path)!r} is not valid JSON ({error})") from None
-    if record.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"run: expected format {CHECKPOINT_FORMAT!r} in {config_path}, got {record.get('format')!r}")
-    model = Captioner(CaptionerConfig(**record["config"]))
-    model.load_state_dict(load_file(str(weights_path), device=device))
-    return model.to(device).eval(), Vocabulary(record["vocab"])

@@ -44,6 +44,14 @@ class CaptionerShape:
     variant: str = "standard"
 
 
+CAPTIONER_SIZES: dict[str, CaptionerShape] = {
+    "smoke": CaptionerShape(n_train=64, n_val=16, n_test=16, epochs=1, lr=2e-3, dim=32),
+    "quick": CaptionerShape(n_train=6000, n_val=100, n_test=300, epochs=8),
+    "full": CaptionerShape(n_train=20000, n_val=200, n_test=1000, epochs=12),
+}
+"""Budgets of `crossfuse caption-train --size`; the lab's report experiment plans its own."""
+
+
 @dataclass
 class TrainedCaptioner:
     """A trained model with its vocabulary, training record and the studies of its seed."""
