@@ -13,6 +13,7 @@ from crossfuse.lab import gradient_highway
 from crossfuse.lab.gradient_depth import PrefixCaptioner, build, depth_curve, encoder_last_gradient
 from crossfuse.lab.gradient_routing import box_patches, finding_words, patch_memory, routing_shares
 from crossfuse.lab.grounding import FINDING_WORDS
+from crossfuse.lab.pointing import PrefixModel
 from crossfuse.lab.result import run_experiment
 from crossfuse.models.captioner import Captioner, CaptionerConfig, DecoderOutput
 
@@ -47,6 +48,25 @@ def test_finding_words_are_the_asserted_words_with_their_boxes(corpus) -> None:
         for position, word, kind, box in finding_words(s):
             assert words[position] == word and FINDING_WORDS[word] == kind
             assert box in [f.xyxy for f in s.findings if f.kind == kind]
+
+
+def test_image_dependent_words_are_the_prefix_models_marks_in_asserting_sentences(corpus) -> None:
+    studies, vocab, max_len = corpus
+    prefix = PrefixModel([tokenize(s.report) for s in generate_studies(300, seed=12)])
+    scored = 0
+    for s in studies:
+        words = tokenize(s.report)
+        marks = prefix.image_dependent(words)
+        chosen = finding_words(s, prefix)
+        assert all(marks[position] and words[position] == word for position, word, _, _ in chosen)
+        finding_boxes = {f.xyxy for f in s.findings}
+        assert all(box in finding_boxes for *_, box in chosen)
+        scored += len(chosen)
+    assert scored > 0
+    torch.manual_seed(0)
+    pooled = Captioner(small_config(vocab, max_len, memory="pooled"))
+    for w in routing_shares(pooled, vocab, studies, patch_size=8, prefix_model=prefix):
+        assert w.share == pytest.approx(w.box_share, rel=1e-5)
 
 
 def test_pooled_decoder_share_equals_box_patch_share_exactly(corpus) -> None:

@@ -24,7 +24,9 @@ First run of the declared criteria (quick, seeds 0-1, 105.6 CPU s with one torch
 met (normalised entropy of the trained local captioner's attention 0.971 >= 0.95), so the verdict is
 inconclusive. (a) routing median ratio: local, trained 0.92; ViT, trained 0.95; pooled 1.00 (exact); local,
 untrained 0.87. (b) cross/prefix gradient ratio after 40 steps at 2/4/8/16 layers 6.11/2.30/3.28/2.40 (met);
-at initialisation 2.11/1.72/1.85/2.09. Criteria and plan unchanged after the run.
+at initialisation 2.11/1.72/1.85/2.09. Criteria and plan unchanged after the run. Added after that run, reported
+only and never judged: the same ratio at the image-dependent tokens of `crossfuse.lab.pointing` (issue 16 item 3:
+the finding word is often forced by the words before it, so the image need not decide it).
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from crossfuse.data.radiographs import RadiographDataset, Vocabulary, generate_studies, max_report_length
+from crossfuse.data.radiographs import RadiographDataset, Vocabulary, generate_studies, max_report_length, tokenize
 from crossfuse.lab.common import mean_std, verdict
 from crossfuse.lab.gradient_depth import MODELS, DepthPoint, depth_curve
 from crossfuse.lab.gradient_figures import depth_figure, routing_figure
 from crossfuse.lab.gradient_routing import WordRouting, attention_entropy, routing_shares
+from crossfuse.lab.pointing import PrefixModel
 from crossfuse.lab.result import Progress, Result, Size, Table
 from crossfuse.models.captioner import Captioner, CaptionerConfig
 from crossfuse.models.captioner_training import PATCH_SIZE, CaptionerShape, TrainedCaptioner, train_captioner
@@ -123,6 +126,7 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     patch = PATCH_SIZE
     encoders = ENCODERS
     routing: dict[str, list[WordRouting]] = {}
+    dependent: dict[str, list[WordRouting]] = {}  # reported only: image-dependent tokens
     entropy: dict[str, list[float]] = {}
     cpu: dict[str, float] = {}
     started = time.process_time()
@@ -132,6 +136,10 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
             say(f"routing shares, {encoder}, seed {s}")
             routing.setdefault(f"{encoder}, trained", []).extend(
                 routing_shares(trained.model, trained.vocab, trained.test, patch)
+            )
+            prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
+            dependent.setdefault(f"{encoder}, trained", []).extend(
+                routing_shares(trained.model, trained.vocab, trained.test, patch, prefix_model=prefix)
             )
             entropy.setdefault(encoder, []).append(attention_entropy(trained.model, trained.vocab, trained.test))
             if encoder == encoders[0]:
@@ -178,6 +186,16 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
             f"of {plan.n_test} held-out reference reports x {len(seeds)} seed(s); 1 = what a pooled decoder gives)",
             ["model", "median ratio", "words", *kinds],
             routing_rows,
+        ),
+        Table(
+            "Reported, not judged: the same ratio at every image-dependent token of the sentences asserting a true "
+            "finding (location words, unforced finding words; `crossfuse.lab.pointing`), where the image decides",
+            ["model", "median ratio", "words", *kinds],
+            [
+                [name, f"{_median([w.ratio for w in words]):.2f}", str(len(words))]
+                + [f"{_median([w.ratio for w in words if w.kind == k]):.2f}" for k in kinds]
+                for name, words in dependent.items()
+            ],
         ),
         Table(
             "Cross-attention at the finding words: normalised entropy (1 = uniform), mean over layers, heads, words",
@@ -228,6 +246,8 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
         raw={
             "routing": {name: [w.__dict__ for w in words] for name, words in routing.items()},
             "routing_median_ratio": {name: _median(v) for name, v in ratios.items()},
+            "image_dependent": {name: [w.__dict__ for w in words] for name, words in dependent.items()},
+            "image_dependent_median_ratio": {name: _median([w.ratio for w in v]) for name, v in dependent.items()},
             "entropy": entropy,
             "depth": [p.__dict__ for p in points],
             "depth_ratio": {when: {str(d): r for d, r in v.items()} for when, v in depth_ratio.items()},

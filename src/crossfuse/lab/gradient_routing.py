@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from crossfuse.data.radiographs import Study, Vocabulary, tokenize
-from crossfuse.lab.grounding import ground_report
+from crossfuse.lab.grounding import FINDING_WORDS, _sentence_finding, _sentences
+from crossfuse.lab.pointing import PrefixModel
 from crossfuse.models.captioner import Captioner
 
 
@@ -63,21 +64,45 @@ def patch_memory(model: Captioner, images: Tensor) -> tuple[Tensor, Tensor]:
     return patches, memory
 
 
-def finding_words(study: Study) -> list[tuple[int, str, str, tuple[int, int, int, int]]]:
-    """(position in the report's words, word, kind, box) of each finding word whose finding is in the film."""
+def finding_words(
+    study: Study, prefix_model: PrefixModel | None = None
+) -> list[tuple[int, str, str, tuple[int, int, int, int]]]:
+    """(position in the report's words, word, kind, box) of the words scored in one reference report.
+
+    Without ``prefix_model``: each finding word ("opacity", "effusion", ...) of a sentence asserting a
+    finding that is in the film. With one: every image-dependent token of such sentences (location
+    words, unforced finding words; `crossfuse.lab.pointing`). The box is matched as in
+    `crossfuse.lab.grounding.ground_report`: same kind, preferring the same location.
+    """
     words = tokenize(study.report)
-    if not study.findings:
-        return []
-    size = study.image.shape[-1]
-    # ground_report only needs a map of the right shape to find the words and their boxes
-    flat = np.full((len(words), 1), 1.0)
-    return [(g.position, g.word, g.kind, g.box) for g in ground_report(words, flat, study.findings, size, size)]
+    dependent = prefix_model.image_dependent(words) if prefix_model is not None else None
+    out = []
+    for start, sentence in _sentences(words):
+        asserted = _sentence_finding(sentence)
+        if asserted is None:
+            continue
+        kind, location = asserted
+        candidates = [f for f in study.findings if f.kind == kind]
+        if not candidates:
+            continue
+        target = next((f for f in candidates if f.location == location), candidates[0])
+        for offset, word in enumerate(sentence):
+            scored = FINDING_WORDS.get(word) == kind if dependent is None else dependent[start + offset]
+            if scored:
+                out.append((start + offset, word, kind, target.xyxy))
+    return out
 
 
 def routing_shares(
-    model: Captioner, vocab: Vocabulary, studies: list[Study], patch_size: int, batch_size: int = 64
+    model: Captioner,
+    vocab: Vocabulary,
+    studies: list[Study],
+    patch_size: int,
+    batch_size: int = 64,
+    prefix_model: PrefixModel | None = None,
 ) -> list[WordRouting]:
-    """Routing share of every finding word of the studies' reference reports, in study then word order.
+    """Routing share of every scored word (`finding_words`) of the studies' reference reports, in study then
+    word order.
 
     One backward pass per (batch, k-th finding word): the k-th words of different films share a pass,
     since each film's log-probability depends only on its own patches.
@@ -86,10 +111,10 @@ def routing_shares(
     grid = model.grid
     n = grid[0] * grid[1]
     out: list[WordRouting] = []
-    chosen = [(i, s) for i, s in enumerate(studies) if finding_words(s)]
+    chosen = [(i, s) for i, s in enumerate(studies) if finding_words(s, prefix_model)]
     for start in range(0, len(chosen), batch_size):
         chunk = chosen[start : start + batch_size]
-        words = [finding_words(s) for _, s in chunk]
+        words = [finding_words(s, prefix_model) for _, s in chunk]
         length = max(len(tokenize(s.report)) + 2 for _, s in chunk)
         tokens = torch.tensor([vocab.encode(s.report, length) for _, s in chunk])
         images = torch.from_numpy(np.stack([s.image for _, s in chunk]))[:, None]
