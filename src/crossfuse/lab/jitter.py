@@ -345,10 +345,12 @@ def _attention_example(model: CrossSequenceDecoder, test: MultimodalDataset, tri
 
 def _r2_figure(r2: dict[str, dict[int, list[float]]], jitters: tuple[int, ...]) -> bytes:
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    markers = {"cross": "o", "early": "s", "spikes": "^", "lfp": "D"}
     for st in STRATEGIES:
         mean = [np.mean(r2[st][j]) for j in jitters]
-        std = [np.std(r2[st][j]) for j in jitters]
-        ax.errorbar(jitters, mean, yerr=std, marker="o", capsize=3, label=st)
+        # one seed: no error bar (a spread of 0 would be drawn as if measured)
+        std = [np.std(r2[st][j]) for j in jitters] if len(r2[st][jitters[0]]) > 1 else None
+        ax.errorbar(jitters, mean, yerr=std, marker=markers.get(st, "x"), capsize=3, label=st)
     ax.set_xlabel("max LFP lag J (bins)")
     ax.set_ylabel("test R^2 (velocity per bin)")
     ax.set_xticks(list(jitters))
