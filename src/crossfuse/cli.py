@@ -26,6 +26,7 @@ ARGUMENT_ALIASES = {
     "num_heads": "heads",
     "num_layers": "layers",
     "num_seeds": "seeds",
+    "directory": "run",
 }
 # Library names that are not the flag of the same name (crossfuse.checkpoint's "checkpoint: <file>: ..." names a file).
 NOT_FLAGS = frozenset({"checkpoint"})
