@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from crossfuse.data.radiographs import Study, Vocabulary, tokenize
-from crossfuse.lab.grounding import FINDING_WORDS, _sentence_finding, _sentences
+from crossfuse.lab.grounding import FINDING_WORDS, matched_sentences
 from crossfuse.lab.pointing import PrefixModel
 from crossfuse.models.captioner import Captioner
 
@@ -77,15 +77,7 @@ def finding_words(
     words = tokenize(study.report)
     dependent = prefix_model.image_dependent(words) if prefix_model is not None else None
     out = []
-    for start, sentence in _sentences(words):
-        asserted = _sentence_finding(sentence)
-        if asserted is None:
-            continue
-        kind, location = asserted
-        candidates = [f for f in study.findings if f.kind == kind]
-        if not candidates:
-            continue
-        target = next((f for f in candidates if f.location == location), candidates[0])
+    for start, sentence, kind, _location, target in matched_sentences(words, study.findings):
         for offset, word in enumerate(sentence):
             scored = FINDING_WORDS.get(word) == kind if dependent is None else dependent[start + offset]
             if scored:

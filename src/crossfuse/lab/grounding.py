@@ -16,6 +16,7 @@ end-exclusive; ``patch_size`` pixels per patch side.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,6 +165,38 @@ def attention_mass_in_box(attention: Tensor | np.ndarray, box: tuple[int, int, i
     return float(pixels[y0:y1, x0:x1].sum() / max(array.sum(), 1e-12))
 
 
+def matched_sentences(
+    words: list[str], findings: list[Finding]
+) -> Iterator[tuple[int, list[str], str, str | None, Finding]]:
+    """(start, sentence, kind, location, ground-truth finding) for each sentence asserting a finding in the film.
+
+    The finding is the ground truth's of the same kind, preferring the same location; sentences whose kind is
+    not in the ground truth (false positives) have no box and are skipped.
+    """
+    for start, sentence in _sentences(words):
+        asserted = _sentence_finding(sentence)
+        if asserted is None:
+            continue
+        kind, location = asserted
+        candidates = [f for f in findings if f.kind == kind]
+        if candidates:
+            yield (
+                start,
+                sentence,
+                kind,
+                location,
+                next((f for f in candidates if f.location == location), candidates[0]),
+            )
+
+
+def heat_grid(heat: Tensor | np.ndarray, words: list[str], side: int, name: str) -> np.ndarray:
+    """``heat`` as an array of shape (T, side * side), checked against the T ``words``; ``name`` for errors."""
+    maps = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
+    if maps.shape != (len(words), side * side):
+        raise ValueError(f"{name}: expected shape ({len(words)}, {side * side}), got {maps.shape}")
+    return maps
+
+
 @dataclass
 class Grounding:
     """One finding word of a generated report matched to a ground-truth box."""
@@ -195,20 +228,10 @@ def ground_report(
 
     Shapes: words: T generated tokens  attention: (T, gh * gw) per token (head/layer average).
     """
-    maps = attention.detach().cpu().numpy() if isinstance(attention, Tensor) else np.asarray(attention)
     grid = image_size // patch_size
-    if maps.shape != (len(words), grid * grid):
-        raise ValueError(f"attention: expected shape ({len(words)}, {grid * grid}), got {maps.shape}")
+    maps = heat_grid(attention, words, grid, "attention")
     out = []
-    for start, sentence in _sentences(words):
-        asserted = _sentence_finding(sentence)
-        if asserted is None:
-            continue
-        kind, location = asserted
-        candidates = [f for f in findings if f.kind == kind]
-        if not candidates:
-            continue
-        target = next((f for f in candidates if f.location == location), candidates[0])
+    for start, sentence, kind, location, target in matched_sentences(words, findings):
         for offset, word in enumerate(sentence):
             if FINDING_WORDS.get(word) != kind:
                 continue

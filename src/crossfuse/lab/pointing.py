@@ -35,7 +35,14 @@ import numpy as np
 from torch import Tensor
 
 from crossfuse.data.radiographs import KINDS, Finding
-from crossfuse.lab.grounding import _as_array, _box_cells, _sentence_finding, _sentences, attention_mass_in_box
+from crossfuse.lab.grounding import (
+    _as_array,
+    _box_cells,
+    _sentences,
+    attention_mass_in_box,
+    heat_grid,
+    matched_sentences,
+)
 
 IMAGE_DEPENDENT_THRESHOLD = 0.6
 PUNCTUATION = frozenset({".", ","})
@@ -121,21 +128,11 @@ def score_report(
 
     Shapes: words: T tokens  heat: (T, gh * gw), one heatmap per generated token.
     """
-    maps = heat.detach().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
     side = image_size // patch_size
-    if maps.shape != (len(words), side * side):
-        raise ValueError(f"heat: expected shape ({len(words)}, {side * side}), got {maps.shape}")
+    maps = heat_grid(heat, words, side, "heat")
     dependent = prefix_model.image_dependent(words)
     steps = []
-    for start, sentence in _sentences(words):
-        asserted = _sentence_finding(sentence)
-        if asserted is None:
-            continue
-        kind, location = asserted
-        candidates = [f for f in findings if f.kind == kind]
-        if not candidates:
-            continue  # a false positive has no box to point at
-        target = next((f for f in candidates if f.location == location), candidates[0])
+    for start, sentence, kind, _location, target in matched_sentences(words, findings):  # false positives: no box
         x0, y0, x1, y1 = target.xyxy
         for offset, word in enumerate(sentence):
             if not dependent[start + offset]:
