@@ -63,7 +63,7 @@ from crossfuse.data.scenes import (
 from crossfuse.embed import png_data_uri
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, verdict
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.lab.token_probe import object_tokens, single_token_probe
 from crossfuse.train import TrainConfig, fit, predict_batches
 
@@ -102,12 +102,9 @@ SUBSET_LABELS = {
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds, data and training budget of one size; identical for every strategy."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     n_train: int
     n_test: int
     epochs: int

@@ -30,7 +30,7 @@ from crossfuse.attention import CrossAttention
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.embed import jsonable
 from crossfuse.lab.common import figure_png, mean_std, verdict
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, make_loader
 
 CLAIM = (
@@ -56,12 +56,9 @@ SIGMA_FACTORS = (0.0, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0)  # x ex
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds, key counts, Monte Carlo trials and the trained pointer's budget of one size."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     key_counts: tuple[int, ...]
     trials: int
     sigma_factors: tuple[float, ...]

@@ -69,7 +69,7 @@ from crossfuse.data.dominance import DominanceConfig, DominanceSplit, dominance_
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.probe import linear_probe_accuracy, probe
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, predict
 
 __all__ = ["CLAIM", "CRITERION", "PLANS", "PRECONDITION", "Plan", "linear_probe_accuracy", "run"]
@@ -102,12 +102,9 @@ CONDITIONS = ("multimodal", "easy masked", "easy corrupted", "easy misleading")
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds, data and training budget of one size."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     n_train: int
     n_test: int
     epochs: int

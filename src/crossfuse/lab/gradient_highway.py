@@ -50,7 +50,7 @@ from crossfuse.lab.gradient_depth import MODELS, DepthPoint, depth_curve
 from crossfuse.lab.gradient_figures import depth_figure, routing_figure
 from crossfuse.lab.gradient_routing import WordRouting, attention_entropy, routing_shares
 from crossfuse.lab.pointing import PrefixModel
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.models.captioner import Captioner, CaptionerConfig
 from crossfuse.models.captioner_training import PATCH_SIZE, CaptionerShape, TrainedCaptioner, train_captioner
 
@@ -80,12 +80,9 @@ DEPTH_ENCODER = "local"
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds and budgets: ``seeds`` trained routing captioners per encoder; ``depth_seeds`` per depth point."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     n_train: int
     epochs: int
     n_test: int

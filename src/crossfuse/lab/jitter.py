@@ -39,7 +39,7 @@ from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.neural import NeuralTrials, make_neural_trials
 from crossfuse.embed import jsonable
 from crossfuse.lab.common import figure_png, mean_std, verdict
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.models.sequence_decoder import CrossSequenceDecoder, EarlySequenceDecoder, SequenceDecoderConfig
 from crossfuse.train import TrainConfig, fit, make_loader, regression_metrics
 
@@ -67,12 +67,9 @@ STRATEGIES = ("cross", "early", "spikes", "lfp")
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds, jitter levels, trials and training budget of one size."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     jitters: tuple[int, ...]
     train_trials: int
     test_trials: int

@@ -37,7 +37,7 @@ from crossfuse.data.needle import NeedleConfig, NeedleSet, generate_needle
 from crossfuse.flops import fusion_flops
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, verdict
-from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
@@ -63,12 +63,9 @@ MAX_ITEMS = 1024
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(PlanBase):
     """Seeds, haystack sizes, data and training budget of one size (epochs: per haystack size, see the protocol)."""
 
-    seeds: int
-    expected_s: float | None
-    judged: bool
     sizes: tuple[int, ...]
     n_train: int
     n_test: int

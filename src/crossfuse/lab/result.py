@@ -37,6 +37,19 @@ REFERENCE_MACHINE = "2-core AMD EPYC (AVX2), 1 torch thread per experiment"
 """Where each ``Plan.expected_s`` was measured; the runner scales it by a quick speed probe."""
 
 
+@dataclass(frozen=True)
+class PlanBase:
+    """The fields every experiment's ``Plan`` starts with (each module's ``Plan`` subclasses it and adds its budget).
+
+    ``seeds``: default number of seeds; ``expected_s``: time on `REFERENCE_MACHINE` (None: not measured);
+    ``judged``: whether this size computes a verdict (smoke sizes only check that the code runs).
+    """
+
+    seeds: int
+    expected_s: float | None
+    judged: bool
+
+
 class Plan(Protocol):
     """What the runner reads from an experiment's plan; each module's ``Plan`` adds its budget fields."""
 
