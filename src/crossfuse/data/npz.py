@@ -5,6 +5,8 @@ The file holds one array per modality, named as the user likes:
 - ``<name>``: (N, T_m, D_m) tokens or (N, D_m) one feature vector per sample (numbers; ints and bools
   become float32);
 - ``<name>__mask``: optional (N, T_m) bool, True = valid token ((N,) for a (N, D_m) modality);
+- ``<name>__present``: optional (N,) bool or 0/1, False = the sample lacks that modality (its mask row
+  becomes all False; its values are ignored);
 - ``y``: (N,) integer labels (classification) or (N,) / (N, K) floats (regression);
 - ``split``: optional (N,) ints, 0 = train, 1 = val, 2 = test; without it `seeded_split` draws one.
 
@@ -26,6 +28,7 @@ import torch
 from crossfuse.data.dataset import MultimodalDataset
 
 MASK_SUFFIX = "__mask"
+PRESENT_SUFFIX = "__present"
 RESERVED = ("y", "split")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -74,14 +77,19 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
     if not arrays:
         raise ValueError(f"--data: {path} is empty; expected one array per modality and 'y'")
     masks = {k[: -len(MASK_SUFFIX)]: v for k, v in arrays.items() if k.endswith(MASK_SUFFIX)}
-    modalities = {k: v for k, v in arrays.items() if k not in RESERVED and not k.endswith(MASK_SUFFIX)}
+    present = {k[: -len(PRESENT_SUFFIX)]: v for k, v in arrays.items() if k.endswith(PRESENT_SUFFIX)}
+    modalities = {
+        k: v
+        for k, v in arrays.items()
+        if k not in RESERVED and not k.endswith(MASK_SUFFIX) and not k.endswith(PRESENT_SUFFIX)
+    }
     if not modalities:
         raise ValueError(
             f"--data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'"
         )
     if require_y and "y" not in arrays:
         raise ValueError(f"--data: {path} has no 'y' array (targets); found {sorted(arrays)}")
-    unknown = sorted(set(masks) - set(modalities))
+    unknown = sorted((set(masks) | set(present)) - set(modalities))
     if unknown:
         raise ValueError(f"--data: mask(s) for unknown modalities {unknown}; modalities are {sorted(modalities)}")
     for key, array in arrays.items():
@@ -118,6 +126,15 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
                 f"--data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values"
             )
         mask_tensors[name] = torch.from_numpy(mask.astype(bool))
+    for name, flags in present.items():
+        key = name + PRESENT_SUFFIX
+        if flags.shape != (n,):
+            raise ValueError(f"--data: presence flags {key!r} have shape {flags.shape}; expected (N,) = ({n},)")
+        if flags.dtype.kind != "b" and not np.isin(flags, (0, 1)).all():
+            raise ValueError(f"--data: presence flags {key!r} must be bool or 0/1 (1 = present), got other values")
+        tokens = 1 if inputs[name].dim() == 2 else inputs[name].shape[1]
+        base = mask_tensors.get(name, torch.ones(n, tokens, dtype=torch.bool))
+        mask_tensors[name] = base & torch.from_numpy(flags.astype(bool))[:, None]
     y = _targets(arrays["y"], n) if "y" in arrays else torch.zeros(n)
     split = _split(arrays["split"], n) if "split" in arrays else None
     return MultimodalDataset(inputs, y, mask_tensors), split
