@@ -51,7 +51,10 @@ def make_data(n: int, seed: int) -> dict[str, Tensor]:
 
 
 class TextEncoder(nn.Module):
-    """Embedding + positions + a 1-layer transformer encoder. Shapes: ids (B, N), mask (B, N) int -> ((B, N, D), mask)."""
+    """Embedding + positions + a 1-layer transformer encoder.
+
+    Shapes: ids (B, N) long  mask (B, N) int, 1 = token, or None  ->  (tokens (B, N, D), mask (B, N) int)
+    """
 
     def __init__(self, dim: int = 32) -> None:
         super().__init__()

@@ -14,8 +14,12 @@ It composes three parts, as torchmultimodal's ``LateFusion`` does:
 the inputs (`check_modality_inputs`), turns ``return_attention`` into the set of layers whose weights
 are computed (`crossfuse.blocks.select_layers`; ``True`` = the last layer) and calls ``fuse``.
 Inputs are ``{name: (B, N_m, D_m)}`` float tensors, masks ``{name: (B, N_m) bool}`` (True = valid; a
-missing entry means every position is valid). The result is a `FusionOutput`, a NamedTuple, so
-``torch.export`` and ``torch.compile`` see its fields.
+missing entry means every position is valid; integer masks, nonzero = valid, and ``(B,)`` presence
+vectors are accepted, see `crossfuse.fusion.missing`). A modality whose mask row is all False is absent
+for that sample; every strategy then gives finite outputs. ``build_fusion(..., encoders=)`` adds the
+user's own input encoders in front (raw input -> tokens). ``FusionConfig.modality_dropout`` drops whole
+modalities per sample in training. The result is a `FusionOutput`, a NamedTuple, so ``torch.export``
+and ``torch.compile`` see its fields.
 """
 
 from __future__ import annotations
@@ -110,8 +114,10 @@ class FusionModel(nn.Module):
     ) -> FusionOutput:
         """Validate, select the layers whose weights are computed, fuse.
 
-        Shapes: inputs: {name: (B, N_m, D_m) float}  masks: {name: (B, N_m) bool} or None
+        Shapes: inputs: {name: (B, N_m, D_m) float, or the raw input of a modality with an input encoder}
+        masks: {name: (B, N_m) bool/int or (B,) presence} or None
         ->  FusionOutput (see there; each strategy's docstring gives its ``pooled`` and labels).
+        In training mode with ``config.modality_dropout > 0`` whole modalities are dropped per sample.
         ``return_attention``: False (no weights: the fast path everywhere), True or ``"last"`` (the last
         layer), ``"all"``, or a list of 0-based layer indices; only those layers run the weights path.
         """
