@@ -152,3 +152,15 @@ def test_hugging_face_encoder_in_a_fusion_freeze_unfreeze() -> None:
     assert encoder.model.embeddings.word_embeddings.weight.grad is not None
     with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         HuggingFaceEncoder("bert-base-uncased")  # type: ignore[arg-type]
+
+
+def test_run_config_records_input_encoders_and_refuses_to_rebuild_them(tmp_path) -> None:
+    from crossfuse.runs import build_model, model_spec
+
+    specs = {"image": ModalitySpec(8, 16), "text": ModalitySpec(5, 6)}
+    model = build_fusion("early", specs, 2, SMALL, encoders={"image": ImageTokens(cnn(), 8)})
+    spec = model_spec(model)
+    assert spec["input_encoders"] == {"image": "crossfuse.models.adapters.ImageTokens"}
+    with pytest.raises(ValueError, match=r"config\.json: the model has your own input encoders"):
+        build_model(spec)
+    assert "input_encoders" not in model_spec(build_fusion("early", specs, 2, SMALL))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from crossfuse.data.dataset import MultimodalDataset
-from crossfuse.multilabel import TASKS, MultilabelObjective
+from crossfuse.multilabel import TASKS
 
 HEADLINE = {"classification": "accuracy", "multilabel": "map", "regression": "r2"}
 
@@ -37,13 +37,11 @@ def drop(data: MultimodalDataset, names: Iterable[str]) -> MultimodalDataset:
 
 
 def evaluate_task(model: nn.Module, data: MultimodalDataset, task: str, batch_size: int = 256) -> dict[str, float]:
-    """The task's metrics (see `crossfuse.train.evaluate` and `crossfuse.multilabel.multilabel_metrics`)."""
-    from crossfuse.train import evaluate, make_loader
+    """The task's metrics (`crossfuse.train.evaluate`), with the task name checked here."""
+    from crossfuse.train import evaluate
 
     if task not in TASKS:
         raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
-    if task == "multilabel":
-        return MultilabelObjective().evaluate(model, make_loader(data, batch_size))
     return evaluate(model, data, task, batch_size)
 
 
@@ -70,6 +68,15 @@ def ablation(
     full = evaluate_task(model, data, task, batch_size)[metric]
     dropped = {name: evaluate_task(model, drop(data, [name]), task, batch_size)[metric] for name in data.inputs}
     return Ablation(metric, full, dropped)
+
+
+def mean_ablation(results: list[Ablation]) -> Ablation:
+    """The mean over several runs (e.g. seeds) of the same model and modalities."""
+    if not results:
+        raise ValueError("results: expected at least one Ablation, got none")
+    n = len(results)
+    dropped = {name: sum(r.dropped[name] for r in results) / n for name in results[0].dropped}
+    return Ablation(results[0].metric, sum(r.full for r in results) / n, dropped)
 
 
 def format_ablation(results: dict[str, Ablation]) -> str:

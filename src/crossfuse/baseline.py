@@ -94,6 +94,11 @@ class LinearBaseline:
         self.weight, self.bias = weight.detach(), bias.detach()
         return self
 
+    @property
+    def num_parameters(self) -> int:
+        """Fitted weights and biases (0 before `fit`)."""
+        return 0 if self.weight is None or self.bias is None else self.weight.numel() + self.bias.numel()
+
     @torch.no_grad()
     def predict(self, data: MultimodalDataset) -> Tensor:
         """Logits (classification, multilabel) or predictions (regression), float32. Shapes: -> (N, C | K)."""

@@ -131,7 +131,10 @@ def _add_lab_parser(sub: argparse._SubParsersAction) -> None:
 def _fusion_config(args: argparse.Namespace):
     from crossfuse.fusion import FusionConfig
 
-    return FusionConfig(dim=args.dim, num_heads=args.heads, num_layers=args.layers)
+    p = getattr(args, "modality_dropout", 0.0)
+    if not 0 <= p < 1:
+        raise UsageError(f"--modality-dropout: expected a probability in [0, 1), got {p}")
+    return FusionConfig(dim=args.dim, num_heads=args.heads, num_layers=args.layers, modality_dropout=p)
 
 
 def _check_fusions(names: list[str], argument: str) -> None:
@@ -156,9 +159,12 @@ def _set_threads(threads: int | None) -> None:
 def _load_training_data(path: str, task: str | None, split_seed: int):
     """(data with user targets, task, 0/1/2 split, split description) for train and compare."""
     from crossfuse.data.npz import load_npz, seeded_split
+    from crossfuse.multilabel import infer_task
 
     data, split = load_npz(path)
-    task = task or ("regression" if data.y.is_floating_point() else "classification")
+    if task is None:
+        task, message = infer_task(data.y)
+        print(message)
     data = _coerce_targets(data, task)
     source = "file"
     if split is None:
@@ -185,6 +191,10 @@ def _coerce_targets(data, task: str, argument: str = "--task"):
         y = y.long()
     elif task == "regression" and not y.is_floating_point():
         y = y.float()
+    elif task == "multilabel":
+        from crossfuse.multilabel import multilabel_targets
+
+        y = multilabel_targets(y, argument)
     return MultimodalDataset(data.inputs, y, data.masks)
 
 
@@ -197,7 +207,7 @@ def _describe_data(path: str, data, split, source: str) -> str:
 
 
 def _metric_text(metrics: dict[str, float], prefix: str = "") -> str:
-    keys = [k for k in ("accuracy", "macro_f1", "r2", "mse") if f"{prefix}{k}" in metrics]
+    keys = [k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse") if f"{prefix}{k}" in metrics]
     return "  ".join(f"{k} {metrics[prefix + k]:.4f}" for k in keys)
 
 
@@ -255,7 +265,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     print(_describe_data(args.data, data, split, source))
     classes = f", {targets.num_outputs} classes {list(targets.classes)}" if task == "classification" else ""
-    print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {task}{classes}")
+    classes = f", {targets.num_outputs} labels" if task == "multilabel" else classes
+    dropout = f"; modality dropout {args.modality_dropout}" if args.modality_dropout else ""
+    print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {task}{classes}{dropout}")
     if resuming:
         print(f"resuming {out}")
     metadata = {
@@ -291,7 +303,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Metrics of a trained run on (a split of) its data or another .npz."""
     import torch
 
+    from crossfuse.ablation import drop
     from crossfuse.data.npz import load_npz
+    from crossfuse.multilabel import multilabel_metrics
     from crossfuse.runs import load_run
     from crossfuse.train import classification_metrics, predict, regression_metrics
 
@@ -304,13 +318,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _coerce_targets(data, run.task, f"--data (the run's task is {run.task})")
     rows = _split_rows(run, data, split, args.split, path)
     subset = data.subset(torch.from_numpy(rows))
+    dropped = [n.strip() for n in (args.drop or "").split(",") if n.strip()]
+    if dropped:
+        unknown = [n for n in dropped if n not in data.inputs]
+        if unknown:
+            raise UsageError(f"--drop: unknown modalities {unknown}; the run's modalities are {list(data.inputs)}")
+        subset = drop(subset, dropped)
     outputs = predict(run.model, subset)
     if run.task == "classification":
         metrics = classification_metrics(outputs, run.targets.encode(subset.y))
+    elif run.task == "multilabel":
+        metrics = multilabel_metrics(outputs, run.targets.encode(subset.y))
     else:
         values = run.targets.decode(outputs).float()
         metrics = regression_metrics(values.reshape(len(rows), -1), subset.y.reshape(len(rows), -1))
-    print(f"{args.split} ({len(rows)} rows of {path}, {run.checkpoint.name} checkpoint): {_metric_text(metrics)}")
+    without = f", without {', '.join(dropped)}" if dropped else ""
+    where = f"{args.split} ({len(rows)} rows of {path}, {run.checkpoint.name} checkpoint{without})"
+    print(f"{where}: {_metric_text(metrics)}")
     return 0
 
 
@@ -333,6 +357,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if run.task == "classification":
         header = ["row", "prediction"] + [f"prob_{c}" for c in run.targets.classes]
         extra = outputs.softmax(-1).tolist()
+    elif run.task == "multilabel":
+        header = ["row"] + [f"label_{k}" for k in run.targets.classes] + [f"prob_{k}" for k in run.targets.classes]
+        extra = outputs.sigmoid().tolist()
     else:
         header = ["row"] + (
             ["prediction"] if values.dim() == 1 else [f"prediction_{k}" for k in range(values.shape[1])]
@@ -351,12 +378,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train several strategies over several seeds on one .npz; print and save one table."""
     import csv
+    import dataclasses
     import json
     import time
 
     import numpy as np
     import torch
 
+    from crossfuse.ablation import HEADLINE, ablation, format_ablation, mean_ablation
+    from crossfuse.baseline import baseline_metrics, baseline_notice, fit_baseline
     from crossfuse.fusion import ModalitySpec, build_fusion
     from crossfuse.lab.common import mean_std
     from crossfuse.runs import TargetEncoding
@@ -375,9 +405,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     parts = _encoded_parts(data, targets, split)
     print(_describe_data(args.data, data, split, source))
     modalities = {n: ModalitySpec(dim=x.shape[2], length=x.shape[1]) for n, x in data.inputs.items()}
-    metric = "accuracy" if task == "classification" else "r2"
+    metric = HEADLINE[task]
     seeds = [args.seed + i for i in range(args.seeds)]
-    raw: dict[str, list[dict[str, float]]] = {}
+    held_out = "test" if "test" in parts else "val"  # where the gap and the ablation are measured
+    started = time.perf_counter()
+    baseline = fit_baseline(parts["train"], task, targets.num_outputs)
+    base: dict = {"seed": None, "parameters": baseline.num_parameters, "train_time_s": time.perf_counter() - started}
+    for split_name in ("val", "test"):
+        if split_name in parts:
+            scores = baseline_metrics(baseline, parts[split_name]).items()
+            base.update({f"{split_name}_{k}": v for k, v in scores if k != "score"})
+    print(f"baseline (linear model on pooled, concatenated inputs): val {metric} {base[f'val_{metric}']:.4f}")
+    raw: dict[str, list[dict[str, float]]] = {"baseline": [base]}
+    ablations: dict[str, list] = {}
     for name in names:
         for i, seed in enumerate(seeds):
             seed_everything(seed)
@@ -389,6 +429,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if "test" in parts:
                 test = evaluate(model, parts["test"], task)
                 record.update({f"test_{k}": v for k, v in test.items() if k != "score"})
+            ablations.setdefault(name, []).append(ablation(model, parts[held_out], task))
             raw.setdefault(name, []).append(record)
             print(
                 f"{name} seed {i + 1}/{len(seeds)}: val {metric} {record[f'val_{metric}']:.4f} "
@@ -396,21 +437,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 flush=True,
             )
     columns = [c for c in raw[names[0]][0] if c.startswith(("val_", "test_"))]
+    headline = f"{held_out}_{metric}"
     summary = []
-    for name in names:
+    for name in ["baseline", *names]:
         records = raw[name]
         entry: dict = {"fusion": name, "parameters": records[0]["parameters"]}
         for c in [*columns, "train_time_s"]:
             values = np.array([r[c] for r in records], dtype=float)
             entry[c] = {"mean": float(values.mean()), "std": float(values.std())}  # ddof=0, as mean_std
+        entry["gap"] = entry[headline]["mean"] - summary[0][headline]["mean"] if summary else 0.0
         summary.append(entry)
-    header = ["fusion", *columns, "parameters", "train_time_s"]
+    header = ["fusion", *columns, "parameters", "train_time_s", f"gap_{headline}"]
     shown = [
         [
             e["fusion"],
             *(mean_std([r[c] for r in raw[e["fusion"]]], digits=4) for c in columns),
             f"{e['parameters']:,}",
             f"{e['train_time_s']['mean']:.1f}",
+            "-" if e["fusion"] == "baseline" else f"{e['gap']:+.4f}",
         ]
         for e in summary
     ]
@@ -418,14 +462,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{task}, mean ± std over {len(seeds)} seed(s), final weights after {args.epochs} epochs:")
     for line in [header, *shown]:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    notice = baseline_notice(
+        summary[0][headline]["mean"], {e["fusion"]: e[headline]["mean"] for e in summary[1:]}, headline
+    )
+    if notice:
+        print(notice)
+    mean_ablations = {name: mean_ablation(results) for name, results in ablations.items()}
+    print(f"ablation on {held_out}: {metric} with every modality, then with each one dropped (mean over seeds):")
+    print(format_ablation(mean_ablations))
     out.mkdir(parents=True, exist_ok=True)
     stats = [*columns, "train_time_s"]
     with open(out / "compare.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["fusion", "parameters", *(f"{c}_{m}" for c in stats for m in ("mean", "std"))])
+        writer.writerow(["fusion", "parameters", *(f"{c}_{m}" for c in stats for m in ("mean", "std")), "gap"])
         for e in summary:
-            writer.writerow([e["fusion"], e["parameters"], *(f"{e[c][m]:.6g}" for c in stats for m in ("mean", "std"))])
+            means = (f"{e[c][m]:.6g}" for c in stats for m in ("mean", "std"))
+            writer.writerow([e["fusion"], e["parameters"], *means, f"{e['gap']:.6g}"])
     record = {"task": task, "data": str(args.data), "split": source, "seeds": seeds, "epochs": args.epochs}
+    record["ablation"] = {name: dataclasses.asdict(a) for name, a in mean_ablations.items()}
     (out / "compare.json").write_text(json.dumps({**record, "table": summary, "raw": raw}, indent=1))
     print(f"table written to {out / 'compare.csv'} and {out / 'compare.json'}")
     return 0
@@ -435,9 +489,16 @@ def _add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help=".npz with one array per modality, y and optionally split")
     parser.add_argument(
         "--task",
-        choices=["classification", "regression"],
+        choices=["classification", "multilabel", "regression"],
         default=None,
-        help="default: classification for integer y, regression for float y",
+        help="default: classification for integer (N,) y, multilabel for (N, K) 0/1 y, regression otherwise",
+    )
+    parser.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="drop each modality of a training sample with probability P (never all of them)",
     )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -472,6 +533,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", default=None, help=".npz (default: the training data)")
     evaluate.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.add_argument("--drop", default=None, metavar="NAME[,NAME]", help="evaluate with these modalities absent")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="predictions of a trained run for new data, as CSV")

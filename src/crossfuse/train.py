@@ -51,7 +51,7 @@ from crossfuse import checkpoint as ckpt
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.runs import write_run_config
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "multilabel", "regression")
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last", "best"
 
@@ -65,7 +65,7 @@ class TrainConfig:
     ``checkpoint_every_steps`` adds mid-epoch ``last/`` checkpoints (every epoch always gets one).
     """
 
-    task: str = "classification"  # "classification" | "regression"
+    task: str = "classification"  # "classification" | "multilabel" | "regression"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -157,7 +157,7 @@ class TrainHook(Protocol):
 
 @dataclass
 class FusionObjective:
-    """Cross-entropy (classification) or MSE (regression) on `FusionModel` outputs."""
+    """Cross-entropy (classification), BCE with logits (multilabel) or MSE (regression) on `FusionModel` outputs."""
 
     task: str = "classification"
 
@@ -166,11 +166,17 @@ class FusionObjective:
         y = batch["y"]
         if self.task == "classification":
             return F.cross_entropy(output.logits, y), output
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(output.logits, y.float()), output
         return F.mse_loss(output.logits, y.view_as(output.logits).float()), output
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         preds, targets = predict_batches(model, loader)
+        if self.task == "multilabel":
+            from crossfuse.multilabel import multilabel_metrics  # lazy: multilabel imports this module lazily too
+
+            return multilabel_metrics(preds, targets)
         return (
             classification_metrics(preds, targets)
             if self.task == "classification"
@@ -229,7 +235,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``data``: ``objective.evaluate``, or the task's metrics for a config/task name.
 
-    Shapes: -> {"accuracy", "macro_f1", "score"} (classification) or {"r2", "mse", "score"} (regression).
+    Shapes: -> {"accuracy", "macro_f1", "score"} (classification), {"micro_f1", "macro_f1", "map", "score"}
+    (multilabel) or {"r2", "mse", "score"} (regression).
     """
     if isinstance(objective, TrainConfig):
         objective = FusionObjective(objective.task)

@@ -7,7 +7,8 @@ The file holds one array per modality, named as the user likes:
 - ``<name>__mask``: optional (N, T_m) bool, True = valid token ((N,) for a (N, D_m) modality);
 - ``<name>__present``: optional (N,) bool or 0/1, False = the sample lacks that modality (its mask row
   becomes all False; its values are ignored);
-- ``y``: (N,) integer labels (classification) or (N,) / (N, K) floats (regression);
+- ``y``: (N,) integer labels (classification), (N, K) 0/1 label indicators (multilabel) or (N,) / (N, K)
+  floats (regression);
 - ``split``: optional (N,) ints, 0 = train, 1 = val, 2 = test; without it `seeded_split` draws one.
 
 Every problem is a one-line ValueError naming the array, what was expected and what was found.
@@ -145,8 +146,11 @@ def _targets(y: np.ndarray, n: int) -> torch.Tensor:
         raise ValueError(f"--data: 'y' has shape {y.shape}; expected (N,) labels or (N,) / (N, K) targets")
     _finite("y", y)
     if y.dtype.kind in "biu":
-        if y.ndim != 1:
-            raise ValueError(f"--data: integer 'y' (class labels) must have shape (N,), got {y.shape}")
+        if y.ndim != 1 and not np.isin(y, (0, 1)).all():
+            raise ValueError(
+                f"--data: integer 'y' must be (N,) class labels or (N, K) 0/1 label indicators, "
+                f"got shape {y.shape} with other values"
+            )
         return torch.from_numpy(y.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
