@@ -2,6 +2,7 @@
 
     python examples/two_view_data.py            # 3 seeds, about a minute of CPU
     python examples/two_view_data.py --seeds 5
+    python examples/two_view_data.py --npz two_view.npz   # the same data for `crossfuse compare`
 
 Data (seeded, generated here): 10 classes, each a fixed random 8x8 pattern of +-1 (template seed 1234);
 a sample is its class's pattern plus Gaussian noise (sigma 3.0, fixed before any run). The two
@@ -44,6 +45,7 @@ import argparse
 import dataclasses
 import time
 
+import numpy as np
 import torch
 
 from crossfuse.ablation import ablation
@@ -82,9 +84,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--npz", default=None, help="only write the three splits as one .npz for `crossfuse compare`")
     args = parser.parse_args()
     torch.set_num_threads(1)
     train, val, test = two_view_data(2000, 0), two_view_data(500, 1), two_view_data(2000, 2)
+    if args.npz:
+        parts = (train, val, test)
+        arrays = {name: torch.cat([p.inputs[name] for p in parts]).numpy() for name in train.inputs}
+        split = torch.cat([torch.full((len(p),), i) for i, p in enumerate(parts)])
+        np.savez(args.npz, **arrays, y=torch.cat([p.y for p in parts]).numpy(), split=split.numpy())
+        print(f"wrote {args.npz}: left, right (N, 8, 4), y (N,), split 0/1/2 = {len(train)}/{len(val)}/{len(test)}")
+        return
     started = time.process_time()
     rows = []
     for seed in range(args.seeds):
