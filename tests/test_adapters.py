@@ -164,3 +164,12 @@ def test_run_config_records_input_encoders_and_refuses_to_rebuild_them(tmp_path)
     with pytest.raises(ValueError, match=r"config\.json: the model has your own input encoders"):
         build_model(spec)
     assert "input_encoders" not in model_spec(build_fusion("early", specs, 2, SMALL))
+
+
+def test_modality_parameters_include_the_input_encoder() -> None:
+    specs = {"image": ModalitySpec(8, 16), "text": ModalitySpec(5, 6)}
+    model = build_fusion("late", specs, 2, SMALL, encoders={"image": ImageTokens(cnn(), 8)})
+    image = {id(p) for p in model.modality_parameters("image")}
+    assert {id(p) for p in model.input_encoders["image"].parameters()} <= image
+    assert {id(p) for p in model.encoders["image"].parameters()} <= image
+    assert image.isdisjoint(id(p) for p in model.modality_parameters("text"))

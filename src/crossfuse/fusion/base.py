@@ -197,8 +197,10 @@ class FusionModel(nn.Module):
         return FusionOutput(logits, pooled, modality_logits, streams, weights or None)
 
     def modality_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Parameters that belong to one modality's encoder (for gradient monitoring)."""
-        return self.encoders[name].parameters()
+        """Parameters of one modality's encoders, the user's input encoder first (for gradient monitoring)."""
+        if name in self.input_encoders:
+            yield from self.input_encoders[name].parameters()
+        yield from self.encoders[name].parameters()
 
     @property
     def num_parameters(self) -> int:
