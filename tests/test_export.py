@@ -38,6 +38,25 @@ def test_every_strategy_exports_with_a_dynamic_batch(name: str) -> None:
         assert torch.isfinite(got.logits).all()
 
 
+def test_every_public_module_forward_has_a_docstring_with_shapes() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import crossfuse
+
+    missing = []
+    for info in pkgutil.walk_packages(crossfuse.__path__, "crossfuse."):
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or name.startswith("_") or not issubclass(cls, torch.nn.Module):
+                continue
+            doc = cls.forward.__doc__ or ""
+            if cls.forward is torch.nn.Module.forward or ("Shapes" not in doc and "->" not in doc):
+                missing.append(f"{info.name}.{name}")
+    assert not missing, f"forward without a docstring giving shapes: {missing}"
+
+
 def test_public_forward_docstrings_are_ours() -> None:
     from crossfuse.attention import CrossAttention
     from crossfuse.fusion import FusionModel
