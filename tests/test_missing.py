@@ -125,3 +125,21 @@ def test_npz_presence_flags_blank_the_modality(tmp_path: Path) -> None:
     np.savez(path, a=rng.normal(size=(6, 3, 2)), c__present=np.ones(6), y=np.arange(6) % 2)
     with pytest.raises(ValueError, match=r"unknown modalities \['c'\]"):
         load_npz(path)
+
+
+def test_modality_dropout_never_removes_a_samples_last_present_modality() -> None:
+    batch = 4000
+    g = torch.Generator().manual_seed(3)
+    masks = {
+        "a": (torch.rand(batch, generator=g) > 0.5)[:, None].expand(batch, 3).clone(),  # half lack a
+        "b": (torch.rand(batch, generator=g) > 0.5)[:, None].expand(batch, 2).clone(),
+        "c": None,
+    }
+    shapes = {"a": (batch, 3), "b": (batch, 2), "c": (batch, 4)}
+    out = drop_modalities(masks, shapes, 0.9, generator=g)
+    kept = torch.stack([out[n].any(dim=1) for n in shapes], dim=1)
+    assert kept.any(dim=1).all()
+    assert not (out["a"] & ~masks["a"]).any() and not (out["b"] & ~masks["b"]).any()
+    # a sample with only c present always keeps c
+    only_c = ~masks["a"][:, 0] & ~masks["b"][:, 0]
+    assert out["c"][only_c].all()

@@ -15,7 +15,9 @@ them, chosen uniformly, is kept. The effective per-modality drop rate is therefo
     P(modality m dropped) = p - p**M / M        (M modalities)
 
 (p**M: all were drawn as dropped; 1/M: m is the one restored), e.g. 0.5 - 0.25 / 2 = 0.375 for
-p = 0.5 and two modalities. With one modality nothing is ever dropped.
+p = 0.5 and two modalities, for samples that have every modality. A sample that already lacks some
+modalities keeps at least one of those it has (the restored one is drawn among them). With one
+modality nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -71,10 +73,20 @@ def drop_modalities(
     if p == 0.0 or len(names) < 2:
         return dict(masks)
     batch = next(iter(shapes.values()))[0]
-    draw = torch.rand(batch, len(names), generator=generator, device="cpu" if generator is not None else device)
+    where = "cpu" if generator is not None else device
+    draw = torch.rand(batch, len(names), generator=generator, device=where)
     keep = draw >= p  # (B, M)
-    nobody = ~keep.any(dim=1)  # rows where every modality was drawn as dropped
-    restore = torch.randint(len(names), (batch,), generator=generator, device=keep.device)
+    # Modalities a sample already lacks do not count: it keeps at least one of those it has.
+    present = torch.stack(
+        [
+            masks[n].any(dim=1).to(keep.device) if masks.get(n) is not None else torch.ones_like(keep[:, 0])
+            for n in names
+        ],
+        dim=1,
+    )
+    nobody = ~(keep & present).any(dim=1) & present.any(dim=1)  # every present modality drawn as dropped
+    pick = torch.rand(batch, len(names), generator=generator, device=where).masked_fill(~present, -1.0)
+    restore = pick.argmax(dim=1)  # uniform among the sample's present modalities
     keep = keep | (nobody[:, None] & (torch.arange(len(names), device=keep.device) == restore[:, None]))
     out: dict[str, Tensor | None] = {}
     for i, name in enumerate(names):
