@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +124,37 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_npz(tmp_path / "objects.npz")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_npz(tmp_path / "missing.npz")
+
+
+def test_values_beyond_float32_are_refused_after_the_cast(tmp_path: Path) -> None:
+    x = np.zeros((4, 2, 3))
+    x[1, 0, 2] = 1e300  # finite in float64, inf in float32
+    np.savez(tmp_path / "big.npz", image=x, y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"'image' contains 0 NaN and 1 Inf values as float32 \(1 of them beyond"):
+        load_npz(tmp_path / "big.npz")
+    np.savez(tmp_path / "bigy.npz", image=np.zeros((4, 3)), y=np.array([0.0, 1e300, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"array 'y' contains 0 NaN and 1 Inf"):
+        load_npz(tmp_path / "bigy.npz")
+
+
+def test_uint64_labels_beyond_int64_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "u.npz", image=np.zeros((4, 3)), y=np.array([0, 1, 2**63, 1], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"'y' holds uint64 labels up to 9223372036854775808, beyond int64"):
+        load_npz(tmp_path / "u.npz")
+    np.savez(tmp_path / "ok.npz", image=np.zeros((4, 3)), y=np.array([0, 1, 2**63 - 1, 1], dtype=np.uint64))
+    assert load_npz(tmp_path / "ok.npz")[0].y.max().item() == 2**63 - 1
+
+
+def test_truncated_members_and_text_files_are_named(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((10, 3, 4)))
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w") as archive:
+        archive.writestr("image.npy", buffer.getvalue()[:200])  # header intact, data cut short
+        archive.writestr("y.npy", b"")
+    with pytest.raises(ValueError, match=r"array '(image|y)' in .*cut.npz cannot be read") as caught:
+        load_npz(tmp_path / "cut.npz")
+    assert "Python objects" not in str(caught.value)
+    (tmp_path / "table.npz").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(ValueError, match=r"table.npz is not a readable \.npz archive \(not a zip file\)") as caught:
+        load_npz(tmp_path / "table.npz")
+    assert "allow_pickle" not in str(caught.value)

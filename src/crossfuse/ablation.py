@@ -37,8 +37,8 @@ def drop(data: MultimodalDataset, names: Iterable[str]) -> MultimodalDataset:
 
 
 def evaluate_task(model: nn.Module, data: MultimodalDataset, task: str, batch_size: int = 256) -> dict[str, float]:
-    """The task's metrics (`crossfuse.train.evaluate`), with the task name checked here."""
-    from crossfuse.train import evaluate
+    """The task's metrics (`crossfuse.evaluation.evaluate`), with the task name checked here."""
+    from crossfuse.evaluation import evaluate
 
     if task not in TASKS:
         raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")

@@ -115,8 +115,8 @@ def fit_baseline(train: MultimodalDataset, task: str, num_outputs: int, l2: floa
 
 def baseline_metrics(baseline: LinearBaseline, data: MultimodalDataset) -> dict[str, float]:
     """The same metrics the fusions report on ``data`` (accuracy/macro-F1, micro/macro-F1/mAP, r2/mse)."""
+    from crossfuse.evaluation import classification_metrics, regression_metrics
     from crossfuse.multilabel import multilabel_metrics
-    from crossfuse.train import classification_metrics, regression_metrics
 
     outputs = baseline.predict(data)
     if baseline.task == "classification":

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from crossfuse.atomic import atomic_write_json
@@ -197,14 +197,44 @@ def save_checkpoint(
     return directory
 
 
+def check_finite(tensors: dict[str, Tensor], source: str) -> None:
+    """ValueError naming the first floating-point tensor of ``tensors`` that holds NaN or Inf.
+
+    ``source`` says where the tensors come from (a file, "model weights") for the message.
+    """
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{source}: tensor {name!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}")
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of a safetensors file, refusing a damaged file or non-finite values with one line.
+
+    Shapes: -> {name: Tensor} as stored.
+    """
+    path = Path(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"checkpoint: {path} is not a readable safetensors file ({error})") from None
+    try:
+        check_finite(tensors, f"checkpoint: {path}")
+    except ValueError as error:
+        raise ValueError(f"{error}; the model diverged or the file is damaged") from None
+    return tensors
+
+
 def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> Path:
     """Load a checkpoint's ``model.safetensors`` into ``model``; returns the directory read.
 
-    Raises FileNotFoundError if there is no checkpoint and ValueError if the weights do not fit.
+    Raises FileNotFoundError if there is no checkpoint and ValueError if the weights do not fit, the
+    file is damaged or a weight is NaN/Inf (a diverged model is never scored).
     """
     found = resolve_checkpoint(Path(directory))
     if found is None:
         raise FileNotFoundError(f"checkpoint: no {MODEL_FILE} in {directory}")
+    read_tensors(found / MODEL_FILE)  # one-line errors for a damaged file or non-finite weights
     try:
         missing, unexpected = load_model(model, str(found / MODEL_FILE), strict=False)
     except RuntimeError as error:  # shape mismatches
@@ -226,11 +256,18 @@ def load_training_state(directory: Path) -> tuple[dict[str, Any], dict[str, Tens
     found = resolve_checkpoint(Path(directory))
     if found is None or not (found / STATE_JSON_FILE).is_file():
         raise FileNotFoundError(f"checkpoint: no {STATE_JSON_FILE} in {directory}")
-    state = from_json(json.loads((found / STATE_JSON_FILE).read_text()))
-    if state.get("format") != FORMAT:
+    try:
+        state = from_json(json.loads((found / STATE_JSON_FILE).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint: {found / STATE_JSON_FILE} is not a valid training state ({error})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        state = state if isinstance(state, dict) else {}
         raise ValueError(f"checkpoint: {found} has format {state.get('format')!r}, expected {FORMAT!r}")
     tensors: dict[str, Tensor] = {}
     if (found / STATE_TENSORS_FILE).is_file():
-        with safe_open(str(found / STATE_TENSORS_FILE), framework="pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        try:
+            with safe_open(str(found / STATE_TENSORS_FILE), framework="pt") as handle:
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (no __iter__)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"checkpoint: {found / STATE_TENSORS_FILE} is not readable ({error})") from None
     return state, tensors

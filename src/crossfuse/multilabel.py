@@ -133,7 +133,7 @@ class MultilabelObjective:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        from crossfuse.train import predict_batches  # lazy: train imports the run files, not this module
+        from crossfuse.evaluation import predict_batches  # lazy: evaluation imports this module lazily too
 
         logits, targets = predict_batches(model, loader)
         return multilabel_metrics(logits, targets)

@@ -96,11 +96,21 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def write_run_config(
-    out_dir: Path, model: nn.Module, train_config: dict[str, Any], metadata: dict[str, Any] | None = None
+    out_dir: Path,
+    model: nn.Module,
+    train_config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``out_dir/config.json`` (atomically); ``metadata`` must be JSON-serialisable."""
+    """Write ``out_dir/config.json`` (atomically); ``metadata`` must be JSON-serialisable.
+
+    ``data_fingerprint`` (rows and SHA-256 of the training and validation data, see
+    `crossfuse.resume.data_fingerprint`) is stored under ``"data_fingerprint"``.
+    """
     path = Path(out_dir) / RUN_CONFIG_FILE
     record = {"format": FORMAT, "model": model_spec(model), "train": train_config, "metadata": metadata or {}}
+    if data_fingerprint is not None:
+        record["data_fingerprint"] = data_fingerprint
     ckpt.write_json_atomic(path, json.loads(json.dumps(record)))
     return path
 

@@ -37,6 +37,12 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 def _read(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"--data: no such file: {path}")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"--data: {path} holds a single array; expected an .npz archive (numpy.savez)")
+    if not magic.startswith(b"PK"):  # an .npz is a zip archive; text or pickle files are refused before numpy
+        raise ValueError(f"--data: {path} is not a readable .npz archive (not a zip file); write one with numpy.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
@@ -48,8 +54,10 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         for key in loaded.files:
             try:
                 arrays[key] = loaded[key]
-            except ValueError:  # numpy refuses object arrays without pickle
-                raise ValueError(f"--data: array {key!r} in {path} holds Python objects; expected numbers") from None
+            except ValueError as error:
+                objects = "allow_pickle" in str(error)  # numpy refuses object arrays without pickle
+                reason = "holds Python objects; expected numbers" if objects else f"cannot be read ({error})"
+                raise ValueError(f"--data: array {key!r} in {path} {reason}") from None
             except (zipfile.BadZipFile, OSError, EOFError) as error:
                 raise ValueError(f"--data: array {key!r} in {path} cannot be read ({error})") from None
     return arrays
@@ -60,11 +68,21 @@ def _numeric(key: str, array: np.ndarray) -> None:
         raise ValueError(f"--data: array {key!r} has dtype {array.dtype}; expected numbers (int, float or bool)")
 
 
-def _finite(key: str, array: np.ndarray) -> None:
-    if array.dtype.kind == "f":
-        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-        if nan or inf:
-            raise ValueError(f"--data: array {key!r} contains {nan} NaN and {inf} Inf values; expected finite numbers")
+def _float32(key: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as float32, refusing NaN/Inf after the cast (a float64 1e300 becomes Inf in float32)."""
+    with np.errstate(over="ignore"):  # the overflow is reported below, naming the array
+        cast = np.ascontiguousarray(array, dtype=np.float32)
+    bad = ~np.isfinite(cast)
+    if bad.any():
+        nan = int(np.isnan(cast).sum())
+        before = int((~np.isfinite(array)).sum()) if array.dtype.kind == "f" else 0
+        beyond = int(bad.sum()) - before
+        detail = f" ({beyond} of them beyond float32's range, |x| > 3.4e38)" if beyond else ""
+        raise ValueError(
+            f"--data: array {key!r} contains {nan} NaN and {int(bad.sum()) - nan} Inf values as float32{detail}; "
+            "expected finite numbers"
+        )
+    return cast
 
 
 def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDataset, np.ndarray | None]:
@@ -110,9 +128,7 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
     n = next(iter(counts.values()))
     if n < 2 and require_y:
         raise ValueError(f"--data: {path} has {n} sample(s); expected at least 2 to train and validate")
-    for name, array in modalities.items():
-        _finite(name, array)
-    inputs = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for name, a in modalities.items()}
+    inputs = {name: torch.from_numpy(_float32(name, a)) for name, a in modalities.items()}
     mask_tensors = {}
     for name, mask in masks.items():
         tokens = 1 if inputs[name].dim() == 2 else inputs[name].shape[1]
@@ -144,15 +160,19 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
 def _targets(y: np.ndarray, n: int) -> torch.Tensor:
     if y.ndim not in (1, 2):
         raise ValueError(f"--data: 'y' has shape {y.shape}; expected (N,) labels or (N,) / (N, K) targets")
-    _finite("y", y)
     if y.dtype.kind in "biu":
         if y.ndim != 1 and not np.isin(y, (0, 1)).all():
             raise ValueError(
                 f"--data: integer 'y' must be (N,) class labels or (N, K) 0/1 label indicators, "
                 f"got shape {y.shape} with other values"
             )
+        if y.dtype == np.uint64 and len(y) and int(y.max()) > np.iinfo(np.int64).max:
+            raise ValueError(
+                f"--data: 'y' holds uint64 labels up to {int(y.max())}, beyond int64 (max 2**63 - 1); "
+                "renumber the classes"
+            )
         return torch.from_numpy(y.astype(np.int64))
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return torch.from_numpy(_float32("y", y))
 
 
 def _split(split: np.ndarray, n: int) -> np.ndarray:

@@ -27,12 +27,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from crossfuse.attention import KVCache
 from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, select_layers
+from crossfuse.checkpoint import read_tensors
 from crossfuse.data.radiographs import Vocabulary
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.validation import check_tensor
@@ -258,5 +259,5 @@ def load_captioner(directory: Path, device: str = "cpu") -> tuple[Captioner, Voc
     if record.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"run: expected format {CHECKPOINT_FORMAT!r} in {config_path}, got {record.get('format')!r}")
     model = Captioner(CaptionerConfig(**record["config"]))
-    model.load_state_dict(load_file(str(weights_path), device=device))
+    model.load_state_dict(read_tensors(weights_path, device))  # refuses a damaged file or NaN weights
     return model.to(device).eval(), Vocabulary(record["vocab"])
