@@ -110,3 +110,36 @@ def test_tensorboard_missing_is_refused_before_disk(tmp_path: Path, monkeypatch:
     with pytest.raises(ValueError, match=r"config\.tensorboard: needs the tensorboard package .*\[tensorboard\]"):
         fit(tiny(), TRAIN, VAL, TrainConfig(**{**CONFIG.__dict__, "tensorboard": True}), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt:
+    """Raises at a given step, like a crash after some checkpoints were written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
+        if step == self.step:
+            raise Interrupt
+
+    def step_record(self) -> dict[str, float]:
+        return {}
+
+    def messages(self) -> list[str]:
+        return []
+
+
+def test_fp16_resume_reaches_the_uninterrupted_weights(tmp_path: Path) -> None:
+    config = TrainConfig(**{**CONFIG.__dict__, "precision": "fp16", "checkpoint_every_steps": 4})
+    straight = tiny()
+    fit(straight, TRAIN, VAL, config, out_dir=tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        fit(tiny(), TRAIN, VAL, config, out_dir=tmp_path / "cut", hooks=[StopAt(9)])
+    resumed = tiny(seed=5)
+    fit(resumed, TRAIN, VAL, config, out_dir=tmp_path / "cut", resume=True)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name

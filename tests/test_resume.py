@@ -119,3 +119,22 @@ def test_config_json_records_the_fingerprint(tmp_path: Path) -> None:
     fit(tiny(), TRAIN, VAL, TrainConfig(epochs=1, batch_size=16), out_dir=tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())["data_fingerprint"]
     assert stored == {"train_data": data_fingerprint(TRAIN), "val_data": data_fingerprint(VAL)}
+
+
+def test_fingerprint_of_a_memory_mapped_directory_equals_the_in_memory_data(tmp_path: Path) -> None:
+    from crossfuse.data.directory import open_dataset_dir, write_dataset_dir
+
+    inputs = {k: v.numpy() for k, v in TRAIN.inputs.items()}
+    write_dataset_dir(tmp_path / "d", inputs, TRAIN.y.numpy(), {k: v.numpy() for k, v in TRAIN.masks.items()})
+    mapped, _ = open_dataset_dir(tmp_path / "d")
+    assert data_fingerprint(mapped) == data_fingerprint(TRAIN)
+    assert data_fingerprint(mapped.subset(torch.arange(1, 64))) == data_fingerprint(TRAIN.subset(torch.arange(1, 64)))
+
+
+def test_a_constant_validation_target_still_keeps_a_best_checkpoint(tmp_path: Path) -> None:
+    train, val = task(64, 0, regression=True), task(24, 1, regression=True)
+    val = MultimodalDataset(val.inputs, torch.full_like(val.y, 0.5), val.masks)  # R^2 is NaN on it
+    config = TrainConfig(task="regression", epochs=2, batch_size=16, lr=1e-2)
+    with pytest.warns(RuntimeWarning, match="R\\^2 is undefined"):
+        result = fit(tiny(outputs=1), train, val, config, out_dir=tmp_path)
+    assert result.best["epoch"] == 1 and (tmp_path / "best" / "model.safetensors").is_file()

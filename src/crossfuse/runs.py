@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,7 +285,31 @@ def build_model(spec: dict[str, Any]) -> FusionModel:
             "crossfuse.checkpoint.load_weights"
         )
     modalities = {n: ModalitySpec(**s) for n, s in spec["modalities"].items()}
-    return build_fusion(spec["fusion"], modalities, int(spec["num_outputs"]), FusionConfig(**spec["fusion_config"]))
+
+    def build() -> FusionModel:
+        return build_fusion(spec["fusion"], modalities, int(spec["num_outputs"]), FusionConfig(**spec["fusion_config"]))
+
+    count = count_parameters(build)
+    limit = _memory_bytes() // 2
+    if 4 * count > limit:
+        raise ValueError(
+            f"config.json: the model would hold {count:,} parameters ({4 * count / 2**30:.1f} GiB as float32), "
+            f"more than half of this machine's memory ({limit / 2**30:.1f} GiB); check its sizes (dim, layers)"
+        )
+    return build()
+
+
+def count_parameters(build: Callable[[], nn.Module]) -> int:
+    """Parameters of the module ``build()`` returns, built on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return 2**62
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> LoadedRun:

@@ -14,7 +14,12 @@ share it. AdamW (Loshchilov & Hutter, 2019), linear warmup then cosine decay (Lo
   ``{"kind": "step", "step": s, ...}`` record per step whose hooks reported values); ``config.json``
   (enough to rebuild the model, see `crossfuse.runs`).
 - ``resume=True`` continues from ``out_dir/last`` (also mid-epoch) and reaches the same weights as
-  an uninterrupted run.
+  an uninterrupted run; it is refused (nothing on disk changed) when ``out_dir`` or ``last/`` is missing,
+  or the options or the data (``data_fingerprint`` in config.json and ``last/``) differ.
+- Non-finite: the loss is checked every step and the weights before every checkpoint; a NaN/Inf stops
+  training with `TrainingDiverged` (a ValueError naming epoch and step), keeping the last good checkpoints.
+- ``config.device`` ("auto" = CUDA when available) and ``config.precision`` (fp32, bf16 or fp16 autocast,
+  see `crossfuse.precision`); ``config.tensorboard`` also writes the metrics as TensorBoard events.
 - DDP: under ``torchrun --nproc_per_node=P`` (``WORLD_SIZE`` > 1) `fit` joins the process group
   (gloo unless already initialised), wraps the model in ``DistributedDataParallel`` and gives each
   rank a 1/P share of every global batch of ``batch_size`` rows (``batch_size`` must be divisible
@@ -286,8 +291,10 @@ def fit(
     final records, per-step hook records and the hooks' messages. Seeded: the same config gives
     the same weights on CPU. With ``out_dir`` writes metrics.jsonl, config.json (``metadata`` is
     stored in it under ``"metadata"``), ``best/`` and ``last/`` checkpoints; ``resume=True``
-    continues from ``out_dir/last`` if it exists (else starts afresh). Hooks (``hooks`` plus those
-    ``config.balance`` / ``config.monitor_gradients`` ask for) run after backward, before clipping.
+    continues from ``out_dir/last`` (ValueError if there is none). Hooks (``hooks`` plus those
+    ``config.balance`` / ``config.monitor_gradients`` ask for) run after backward, before clipping
+    (and ``after_clip`` after it, see `crossfuse.hooks`). Raises `TrainingDiverged` on a NaN/Inf loss
+    or weight; every option and the DDP environment are checked before anything on disk changes.
     On return the model holds the last weights (not the best ones).
 
     Shapes: see the module docstring for the batch layout of the default `FusionObjective`.
