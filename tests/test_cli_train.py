@@ -16,7 +16,8 @@ import torch
 import crossfuse.train
 from crossfuse.cli import main
 from crossfuse.data.npz import load_npz, seeded_split
-from crossfuse.runs import load_run, prepare_run_dir
+from crossfuse.run_dir import MARKER_FILE
+from crossfuse.runs import load_run
 from crossfuse.train import classification_metrics, predict, regression_metrics
 
 SMALL = ["--epochs", "2", "--batch-size", "32", "--dim", "8", "--heads", "2", "--layers", "1"]
@@ -67,7 +68,14 @@ def test_train_subprocess_writes_the_run_and_refuses_to_overwrite(data_dir: Path
     assert "split train 84 / val 18 / test 18 (seeded" in run.stdout
     assert "task classification, 3 classes [2, 5, 9]" in run.stdout
     assert "final (epoch 2): val accuracy" in run.stdout and "epoch 1/2  train_loss" in run.stdout
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "best", "last"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "best",
+        "last",
+        "curves.png",
+        MARKER_FILE,
+    }
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     again = cli("train", "--data", str(data_dir / "toy.npz"), "--out", str(out), *SMALL)
     assert again.returncode == 2
@@ -188,17 +196,31 @@ def test_compare_table_files_and_unknown_names(data_dir: Path, tmp_path: Path, c
     )
 
 
-def test_run_directory_rules(tmp_path: Path) -> None:
-    assert prepare_run_dir(tmp_path / "new") is False and (tmp_path / "new").is_dir()
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "thesis.tex").write_text("...")
-    with pytest.raises(FileExistsError, match="already exists; pass --force"):
-        prepare_run_dir(precious)
-    with pytest.raises(ValueError, match=r"not a crossfuse run directory .* not deleting it"):
-        prepare_run_dir(precious, force=True)
-    with pytest.raises(ValueError, match=r"--resume: .* is not a crossfuse run directory"):
-        prepare_run_dir(precious, resume=True)
-    assert (precious / "thesis.tex").exists()
-    with pytest.raises(ValueError, match="at most one of them"):
-        prepare_run_dir(precious, force=True, resume=True)
+def test_precision_device_and_tensorboard_flags(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """bf16 autocast on CPU end to end; TensorBoard events beside metrics.jsonl; --force accepts them as ours."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "bf16"
+    base = ["train", "--data", str(data_dir / "toy.npz"), "--out", str(out), "--quiet", *SMALL]
+    assert main([*base, "--precision", "bf16", "--device", "auto", "--tensorboard"]) == 0
+    stored = json.loads((out / "config.json").read_text())["train"]
+    assert (stored["precision"], stored["device"], stored["tensorboard"]) == ("bf16", "auto", True)
+    events = sorted(out.glob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    logged = [e.value for e in accumulator.Scalars("epoch/train_loss")]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([r["train_loss"] for r in records if r.get("kind", "epoch") == "epoch"])
+    capsys.readouterr()
+    preds = tmp_path / "p.csv"
+    args = ["--run", str(out), "--data", str(data_dir / "new.npz"), "--out", str(preds), "--precision", "bf16"]
+    assert main(["predict", *args]) == 0
+    assert main(["evaluate", "--run", str(out), "--precision", "bf16"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main([*base, "--force"]) == 0  # the event files are crossfuse's own: --force may delete them
+    assert not list(out.glob("events.out.tfevents.*"))
+    with pytest.raises(SystemExit) as parse_error:  # argparse exits during parsing
+        main(["evaluate", "--run", str(out), "--precision", "fp8"])
+    assert parse_error.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err

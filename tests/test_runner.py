@@ -173,5 +173,5 @@ def test_cli_subprocess_unknown_experiment_is_one_line(tmp_path) -> None:
 
 @pytest.mark.parametrize("size", ["tiny"])
 def test_bad_size_is_refused(size: str) -> None:
-    with pytest.raises(ValueError, match="--size"):
+    with pytest.raises(ValueError, match=r"^size: expected one of"):
         run_lab(size=size, out=None)  # type: ignore[arg-type]

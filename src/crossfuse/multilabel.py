@@ -1,20 +1,11 @@
 """Multi-label tasks: K independent yes/no labels per sample, and how the task is inferred from y.
 
-- `infer_task(y)`: the task a target array implies, with one line saying which and how to override it.
-  The rule, decided once and never applied silently:
-
-  ======================================  ==============  =============================================
-  y                                       inferred task   why
-  ======================================  ==============  =============================================
-  (N,) integer or bool                    classification  class labels
-  (N, K) with every value 0 or 1          multilabel      label indicators (int, bool or float dtype)
-  (N,) float, or (N, K) with other values regression      real-valued targets
-  ======================================  ==============  =============================================
-
-  A float ``(N,)`` column of 0/1 stays regression (it may be a measured fraction); the message
-  says so and names ``--task classification`` as the override.
-- `MultilabelObjective`: binary cross-entropy with logits summed over labels, averaged over samples
-  and labels (``F.binary_cross_entropy_with_logits``), for `crossfuse.train.fit`.
+- `infer_task(y)`: the task a target array implies, with one line saying which and how to override it
+  (the rule is `crossfuse.data.targets`'s: (N,) integers = classification, (N, K) in {0, 1} =
+  multilabel, anything else = regression; never applied silently).
+- `MultilabelObjective`: binary cross-entropy with logits averaged over samples and labels
+  (``F.binary_cross_entropy_with_logits``), for `crossfuse.train.fit` (the same as
+  ``FusionObjective("multilabel")``, which ``TrainConfig(task="multilabel")`` selects).
 - `multilabel_metrics`: micro- and macro-F1 at probability 0.5 (logit 0) and mAP (mean over labels
   with at least one positive of the average precision, ``AP = sum_n (R_n - R_{n-1}) P_n`` over the
   distinct score thresholds, as scikit-learn's ``average_precision_score``); ``score`` = mAP.
@@ -30,7 +21,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-TASKS = ("classification", "multilabel", "regression")
+from crossfuse.data.targets import TASKS, multilabel_targets, task_notice
+
+__all__ = [
+    "TASKS",
+    "InferredTask",
+    "MultilabelObjective",
+    "average_precision",
+    "infer_task",
+    "multilabel_metrics",
+    "multilabel_targets",
+]
 
 
 class InferredTask(NamedTuple):
@@ -40,44 +41,12 @@ class InferredTask(NamedTuple):
     message: str
 
 
-def _is_binary(y: Tensor) -> bool:
-    return bool(((y == 0) | (y == 1)).all()) if y.numel() else False
-
-
 def infer_task(y: Tensor) -> InferredTask:
-    """Classification, multilabel or regression from the shape, dtype and values of ``y`` (module docstring).
+    """Classification, multilabel or regression from the shape, dtype and values of ``y``, with its notice.
 
     Shapes: y: (N,) or (N, K)  ->  InferredTask(task, message)
     """
-    if not isinstance(y, Tensor) or y.dim() not in (1, 2):
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"y: expected targets of shape (N,) or (N, K), got {got}")
-    override = "pass --task {} to override"
-    if y.dim() == 2 and _is_binary(y):
-        return InferredTask(
-            "multilabel",
-            f"task: multilabel (y is (N, {y.shape[1]}) with values in {{0, 1}}); " + override.format("regression"),
-        )
-    if y.dim() == 1 and not y.is_floating_point():
-        return InferredTask(
-            "classification", "task: classification (integer labels y); " + override.format("regression")
-        )
-    shape = "(N,)" if y.dim() == 1 else f"(N, {y.shape[1]})"
-    alternative = "classification" if y.dim() == 1 else "multilabel"
-    why = "float values" if y.dim() == 1 else "values other than 0/1"
-    return InferredTask("regression", f"task: regression (y is {shape} with {why}); " + override.format(alternative))
-
-
-def multilabel_targets(y: Tensor, argument: str = "y") -> Tensor:
-    """Check and convert 0/1 (or bool) label indicators to float32. Shapes: (N, K) -> (N, K) float32."""
-    if not isinstance(y, Tensor) or y.dim() != 2:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{argument}: multilabel needs label indicators of shape (N, K), got {got}")
-    if not _is_binary(y):
-        raise ValueError(
-            f"{argument}: multilabel needs values in {{0, 1}}, got values such as {y.unique()[:5].tolist()}"
-        )
-    return y.float()
+    return InferredTask(*task_notice(y))
 
 
 def average_precision(scores: Tensor, y: Tensor) -> float:

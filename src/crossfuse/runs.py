@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,40 +33,10 @@ from torch import Tensor, nn
 from crossfuse import checkpoint as ckpt
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.fusion import FUSIONS, FusionConfig, FusionModel, ModalitySpec, build_fusion
+from crossfuse.run_dir import prepare_run_dir  # noqa: F401  (re-exported: the directory rules live there)
 
 RUN_CONFIG_FILE = "config.json"
 FORMAT = "crossfuse-run/1"
-RUN_MARKERS = (RUN_CONFIG_FILE, "metrics.jsonl")
-
-
-def prepare_run_dir(path: Path, force: bool = False, resume: bool = False) -> bool:
-    """Create ``path`` for a new run, or accept it for resuming; returns True when resuming.
-
-    An existing non-empty directory is never overwritten without ``force``; with ``force`` it is
-    deleted first, but only if it looks like a run directory (has config.json or metrics.jsonl).
-    """
-    path = Path(path)
-    if force and resume:
-        raise ValueError("--force and --resume: expected at most one of them, got both")
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out: {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        is_run = any((path / marker).exists() for marker in RUN_MARKERS)
-        if resume:
-            if not is_run:
-                raise ValueError(f"--resume: {path} is not a crossfuse run directory (no {RUN_CONFIG_FILE})")
-            return True
-        if not force:
-            raise FileExistsError(
-                f"--out: {path} already exists; pass --force to overwrite it or --resume to continue it"
-            )
-        if not is_run:
-            raise ValueError(
-                f"--force: {path} is not a crossfuse run directory (no {RUN_CONFIG_FILE}); not deleting it"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return False
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -121,13 +90,20 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a run; FileNotFoundError / ValueError if it is missing or foreign."""
     path = Path(run_dir) / RUN_CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"--run: no {RUN_CONFIG_FILE} in {run_dir} (is it a crossfuse run directory?)")
+        raise FileNotFoundError(f"run: no {RUN_CONFIG_FILE} in {run_dir} (is it a crossfuse run directory?)")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"--run: {path} is not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"--run: {path} has format {config.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(f"run: {path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"run: {path} holds a JSON {type(config).__name__}, expected an object with format {FORMAT!r}")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"run: {path} has format {config.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in ("model", "train") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise ValueError(
+            f"run: {path} lacks the section(s) {missing}; expected a config.json written by crossfuse train"
+        )
     return config
 
 
@@ -251,7 +227,7 @@ class LoadedRun:
     def task(self) -> str:
         return self.config["train"]["task"]
 
-    def check_data(self, data: MultimodalDataset, argument: str = "--data") -> None:
+    def check_data(self, data: MultimodalDataset, argument: str = "data") -> None:
         """ValueError unless ``data`` has the modalities, feature sizes and lengths the model was trained on."""
         specs = self.model.modalities
         if set(data.inputs) != set(specs):
@@ -322,10 +298,13 @@ def load_run(run_dir: Path, checkpoint: str = "best") -> LoadedRun:
         raise ValueError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    model = build_model(config["model"])
+    try:
+        model = build_model(config["model"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"run: {run_dir / RUN_CONFIG_FILE} has an incomplete model section ({error!r})") from None
     found = ckpt.resolve_checkpoint(run_dir / checkpoint) or ckpt.resolve_checkpoint(run_dir / "last")
     if found is None:
-        raise FileNotFoundError(f"--run: no checkpoint in {run_dir} (expected {checkpoint}/{ckpt.MODEL_FILE})")
+        raise FileNotFoundError(f"run: no checkpoint in {run_dir} (expected {checkpoint}/{ckpt.MODEL_FILE})")
     ckpt.load_weights(found, model)
     model.eval()
     targets = config.get("metadata", {}).get("targets")

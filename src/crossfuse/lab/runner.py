@@ -143,10 +143,10 @@ def new_output_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
-            raise FileExistsError(f"--out: {str(path)!r} exists and is not a directory")
+            raise FileExistsError(f"out: {str(path)!r} exists and is not a directory")
         if path.is_dir() and any(path.iterdir()):
             raise FileExistsError(
-                f"--out: directory {str(path)!r} exists and is not empty; expected a new or empty directory "
+                f"out: directory {str(path)!r} exists and is not empty; expected a new or empty directory "
                 "(earlier results are never overwritten)"
             )
         path.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def new_output_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"--out: could not create a new directory under {str(root)!r}")
+    raise FileExistsError(f"out: could not create a new directory under {str(root)!r}")
 
 
 def _cpu_model() -> str:
@@ -390,7 +390,7 @@ def run_experiment(
     return record
 
 
-def resolve_names(only: str | Sequence[str] | None, argument: str = "--only") -> list[str]:
+def resolve_names(only: str | Sequence[str] | None, argument: str = "only") -> list[str]:
     """Experiment names to run, in registry order for None; ``only`` may be "a,b" or a list.
 
     ``argument`` names the option the names came from in error messages."""
@@ -423,9 +423,9 @@ def run_lab(
     run stops, the current experiment is recorded as failed and ``interrupted`` is set.
     """
     if size not in SIZES:
-        raise ValueError(f"--size: expected one of {list(SIZES)}, got {size!r}")
+        raise ValueError(f"size: expected one of {list(SIZES)}, got {size!r}")
     if num_seeds is not None and num_seeds < 1:
-        raise ValueError(f"--seeds: expected an integer >= 1, got {num_seeds}")
+        raise ValueError(f"seeds: expected an integer >= 1, got {num_seeds}")
     names = resolve_names(names)
     directory = new_output_dir(out)
     lab = LabRun(
