@@ -9,7 +9,8 @@ modulation"). This module watches and counters that through `crossfuse.train.Tra
 - `GradientNormMonitor`: per step, the L2 norm of each modality encoder's gradient, each
   modality's share of their sum, its ratio to the others, and each modality's contribution score;
   warns when a modality's share stays below a threshold for a stretch of steps.
-- `OGMGE`: on-the-fly gradient modulation with generalisation enhancement (Peng et al., 2022).
+- `OGMGE`: on-the-fly gradient modulation with generalisation enhancement (Peng et al., 2022),
+  the paper's coefficient by default (`ogm_coefficients`), the GE noise added after clipping.
 - `AuxiliaryLoss`: unimodal auxiliary cross-entropy on each modality's logit contribution.
 - `build_hooks(model, config)`: the hooks `fit` installs for ``TrainConfig.balance`` and
   ``TrainConfig.monitor_gradients``.
@@ -88,23 +89,38 @@ def contribution_scores(modality_logits: dict[str, Tensor], y: Tensor) -> dict[s
     return scores
 
 
-def ogm_coefficients(scores: dict[str, float], alpha: float) -> tuple[dict[str, float], dict[str, float]]:
-    """OGM-GE modulation coefficients ``k_m = 1 - tanh(alpha * relu(rho_m - 1))`` and ratios ``rho_m``.
+OGM_COEFFICIENTS = ("paper", "shifted")
+"""Forms of the OGM modulation coefficient (see `ogm_coefficients`)."""
 
-    ``rho_m = s_m / mean_{j != m} s_j`` (for two modalities Peng et al.'s ``s_a / s_v``), so only a
-    modality that contributes more than the others (rho > 1) is slowed down, smoothly: the paper
-    and the authors' code use ``1 - tanh(alpha * rho)`` for rho > 1, which jumps at rho = 1; the
-    shifted form used here is continuous and equals 1 for balanced modalities.
+
+def ogm_coefficients(
+    scores: dict[str, float], alpha: float, coefficient: str = "paper"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """OGM-GE modulation coefficients ``k_m`` and ratios ``rho_m``.
+
+    ``rho_m = s_m / mean_{j != m} s_j`` (for two modalities Peng et al.'s ``s_a / s_v``); only a
+    modality that contributes more than the others (rho > 1) is slowed down:
+
+    - ``"paper"`` (default): ``k_m = 1 - tanh(alpha * rho_m)`` for rho_m > 1, else 1, as in Peng et
+      al. (2022), Eq. 10, and the authors' code. It jumps at rho = 1 (to ``1 - tanh(alpha)``).
+    - ``"shifted"``: ``k_m = 1 - tanh(alpha * relu(rho_m - 1))``, continuous and equal to 1 for
+      balanced modalities; milder (at alpha 0.5, rho 2: 0.54 against the paper's 0.24).
+
     Shapes: {name: float} -> ({name: k}, {name: rho})
     """
     if len(scores) < 2:
         raise ValueError(f"scores: OGM-GE needs at least two modalities, got {list(scores)}")
+    if coefficient not in OGM_COEFFICIENTS:
+        raise ValueError(f"coefficient: expected one of {list(OGM_COEFFICIENTS)}, got {coefficient!r}")
     coefficients, ratios = {}, {}
     for name, score in scores.items():
         others = [s for other, s in scores.items() if other != name]
         rho = score / max(sum(others) / len(others), 1e-12)
         ratios[name] = rho
-        coefficients[name] = 1.0 - math.tanh(alpha * max(rho - 1.0, 0.0))
+        if coefficient == "paper":
+            coefficients[name] = 1.0 - math.tanh(alpha * rho) if rho > 1.0 else 1.0
+        else:
+            coefficients[name] = 1.0 - math.tanh(alpha * max(rho - 1.0, 0.0))
     return coefficients, ratios
 
 
@@ -217,53 +233,73 @@ class OGMGE:
 
     Each step, from the batch's contribution scores ``s_m`` (see `contribution_scores`) and
     ``rho_m = s_m / mean_{j != m} s_j``, every encoder gradient of modality m becomes
-    ``k_m * g + n`` with ``k_m = 1 - tanh(alpha * relu(rho_m - 1))`` (`ogm_coefficients`: the
-    dominant modality is slowed, the others keep k = 1) and, with ``noise=True`` (GE),
-    ``n ~ N(0, std(g)^2)``: Gaussian noise with the unscaled gradient tensor's own standard
-    deviation, added to every encoder weight matrix (tensors with >= 2 dims, the analogue of the
-    convolution kernels of the authors' code) of every modality, to restore the SGD noise that
-    down-scaling removes. Noise comes from a private generator seeded with ``seed``, so runs repeat
-    and the global RNG is untouched. Runs after ``loss.backward()``, before clipping.
+    ``k_m * g + n``: ``k_m`` from `ogm_coefficients` (``coefficient="paper"``, the default,
+    ``1 - tanh(alpha * rho)`` for rho > 1; or ``"shifted"``), so the dominant modality is slowed and
+    the others keep k = 1; with ``noise=True`` (GE), ``n ~ N(0, std(g)^2)``: Gaussian noise with the
+    unmodulated gradient tensor's own standard deviation, added to every encoder weight matrix
+    (tensors with >= 2 dims, the analogue of the convolution kernels of the authors' code) of every
+    modality, to restore the SGD noise that down-scaling removes.
 
-    Under DDP the scores are averaged over ranks (the gradients already are) and every rank draws
-    the same noise, so the replicas stay identical.
+    Order within a training step (`crossfuse.train.fit`):
+    ``loss.backward()`` -> `after_backward` (record std(g), scale by k) -> gradient clipping ->
+    `after_clip` (add the noise) -> ``optimizer.step()``. The noise is added after clipping so that
+    clipping, which acts on the global norm the noise would inflate, cannot shrink it (nor,
+    through the raised global norm, every other gradient); clipping applies to the task gradient only.
 
-    Shapes: after_backward(model, batch, output, step) with output.modality_logits {name: (B, C)},
-    batch["y"] (B,) long -> rescales ``.grad`` in place.
+    Noise comes from a private generator seeded with ``seed``, so runs repeat and the global RNG is
+    untouched. Under DDP the scores are averaged over ranks (the gradients already are) and every
+    rank draws the same noise, so the replicas stay identical.
+
+    Shapes: after_backward / after_clip(model, batch, output, step) with output.modality_logits
+    {name: (B, C)}, batch["y"] (B,) long -> change ``.grad`` in place.
     """
 
-    def __init__(self, model: nn.Module, alpha: float = 0.5, seed: int = 0, noise: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, alpha: float = 0.5, seed: int = 0, noise: bool = True, coefficient: str = "paper"
+    ) -> None:
         self.names = modality_names(model)
         if len(self.names) < 2:
             raise ValueError(f"model: OGM-GE needs at least two modalities, got {self.names}")
         if not isinstance(alpha, int | float) or alpha < 0:
             raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
-        self.alpha, self.noise = float(alpha), noise
+        if coefficient not in OGM_COEFFICIENTS:
+            raise ValueError(f"coefficient: expected one of {list(OGM_COEFFICIENTS)}, got {coefficient!r}")
+        self.alpha, self.noise, self.coefficient = float(alpha), noise, coefficient
         # Offset so the noise stream differs from the data-order generator seeded with the same seed.
         self.generator = torch.Generator().manual_seed(int(seed) + 0x06E6E)
         self._record: dict[str, float] = {}
+        self._noise_std: list[tuple[Tensor, float]] = []
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
         y = _labels(batch, "OGM-GE")
         scores = _synchronised(contribution_scores(_modality_logits(output, "OGM-GE"), y), y.shape[0], y.device)
-        coefficients, ratios = ogm_coefficients(scores, self.alpha)
+        coefficients, ratios = ogm_coefficients(scores, self.alpha, self.coefficient)
         inner = _unwrap(model)
+        self._noise_std = []
         for name in self.names:
             k = coefficients[name]
             for p in inner.modality_parameters(name):
                 if p.grad is None:
                     continue
-                std = p.grad.float().std().item() if (self.noise and p.grad.dim() >= 2) else 0.0
+                if self.noise and p.grad.dim() >= 2:
+                    self._noise_std.append((p, p.grad.float().std().item()))
                 if k != 1.0:
                     p.grad.mul_(k)
-                if self.noise and p.grad.dim() >= 2:
-                    noise = torch.randn(p.grad.shape, generator=self.generator) * (std + 1e-8)
-                    p.grad.add_(noise.to(device=p.grad.device, dtype=p.grad.dtype))
         self._record = {}
         for name in self.names:
             self._record[f"ogm_coeff/{name}"] = coefficients[name]
             self._record[f"ogm_ratio/{name}"] = ratios[name]
+
+    @torch.no_grad()
+    def after_clip(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
+        """GE: add the noise recorded by `after_backward` (after clipping, so clipping cannot undo it)."""
+        for p, std in self._noise_std:
+            if p.grad is None:
+                continue
+            noise = torch.randn(p.grad.shape, generator=self.generator) * (std + 1e-8)
+            p.grad.add_(noise.to(device=p.grad.device, dtype=p.grad.dtype))
+        self._noise_std = []
 
     def step_record(self) -> dict[str, float]:
         return dict(self._record)
@@ -335,7 +371,8 @@ def build_hooks(model: nn.Module, config: Any) -> list[Any]:
     """The `TrainHook`s for ``config.balance`` ("none" | "ogm-ge" | "aux") and ``config.monitor_gradients``.
 
     The monitor comes first (it records the task loss's gradient before rebalancing). "ogm-ge"
-    uses ``config.balance_alpha`` as OGM-GE's alpha and ``config.seed`` for its noise; "aux" uses
+    uses ``config.balance_alpha`` as OGM-GE's alpha, the paper's coefficient (the one the dominance
+    experiment uses) and ``config.seed`` for its noise; "aux" uses
     it as the auxiliary-loss weight. Both need ``config.task == "classification"``.
     Shapes: -> list of hooks, empty for balance "none" without monitoring.
     """
