@@ -82,6 +82,8 @@ def test_library_argument_names_become_the_commands_flags() -> None:
     assert flag_message("num_heads: bad", train) == "--heads: bad"
     assert flag_message("y: labels wrap", train) == "y: labels wrap"  # no such flag: unchanged
     assert flag_message("out: x", None) == "out: x"
+    evaluate = commands(build_parser())["crossfuse evaluate"]
+    assert flag_message("checkpoint: best/model.safetensors: damaged", evaluate).startswith("checkpoint: ")  # a file
 
 
 def test_library_errors_reach_the_user_as_one_line_with_the_flag(tmp_path, capsys: pytest.CaptureFixture) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from crossfuse.cli import main
 from crossfuse.run_dir import LOCK_FILE
@@ -57,6 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(root / "good.npz", a=a, b=b, y=(a[:, :, 0].mean(1) > 0).astype(np.int64))
     np.savez(root / "empty.npz", a=a[:0], b=b[:0])
     assert main(["train", "--data", str(root / "good.npz"), "--out", str(root / "run"), *SMALL]) == 0
+    assert not (root / "run" / LOCK_FILE).exists()  # released when the command returns, not only at exit
     return root
 
 
@@ -153,6 +155,20 @@ def test_unclear_errors_become_one_line(world: Path, tmp_path: Path, capsys: pyt
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--run:" in err and needle in err, err
     (broken / "config.json").unlink()
+    nan_run, cut_run = tmp_path / "nan_run", tmp_path / "cut_run"
+    for run in (nan_run, cut_run):
+        shutil.copytree(existing, run)
+    weights = load_file(str(nan_run / "best" / "model.safetensors"))
+    save_file(
+        {k: torch.full_like(v, float("nan")) for k, v in weights.items()}, str(nan_run / "best" / "model.safetensors")
+    )
+    model_file = cut_run / "best" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    cases += [
+        (["evaluate", "--run", str(nan_run)], "checkpoint: ", "NaN/Inf value(s)", "diverged"),
+        (["evaluate", "--run", str(cut_run)], "model.safetensors"),
+    ]
+    before = snapshot(tmp_path)
     for argv, *needles in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

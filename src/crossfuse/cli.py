@@ -18,9 +18,12 @@ from collections.abc import Sequence
 
 from crossfuse import cli_caption, cli_data, cli_lab, cli_train
 from crossfuse.config_file import add_config_argument, apply_config_defaults
+from crossfuse.run_dir import release_all
 
 # Library argument names that differ from the flag's dest (TrainConfig / FusionConfig field -> dest).
 ARGUMENT_ALIASES = {"checkpoint_every_steps": "checkpoint_every", "num_heads": "heads", "num_layers": "layers"}
+# Library names that are not the flag of the same name (crossfuse.checkpoint's "checkpoint: <file>: ..." names a file).
+NOT_FLAGS = frozenset({"checkpoint"})
 _PREFIX = re.compile(r"^(?:config\.)?([A-Za-z_][A-Za-z0-9_]*)(?=[: ])")
 
 
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def flag_message(message: str, command: argparse.ArgumentParser | None) -> str:
     """``"out: x exists"`` -> ``"--out: x exists"`` when ``command`` has ``--out``; other messages unchanged."""
     match = _PREFIX.match(message)
-    if command is None or match is None:
+    if command is None or match is None or match.group(1) in NOT_FLAGS:
         return message
     dest = ARGUMENT_ALIASES.get(match.group(1), match.group(1))
     flags = {a.dest: a.option_strings for a in command._actions if a.option_strings}
@@ -101,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("CROSSFUSE_DEBUG"):
             raise
         return _fail(f"internal error: {type(error).__name__}: {error} (CROSSFUSE_DEBUG=1 shows the traceback)", 1)
+    finally:
+        release_all()  # the run directory is free again when the command ends (also when it failed)
 
 
 def _os_text(error: OSError) -> str:

@@ -128,13 +128,19 @@ def acquire_lock(path: Path) -> None:
     staging.write_text(f"{os.getpid()}\n")
     os.replace(staging, path / LOCK_FILE)
     if not _HELD:
-        atexit.register(lambda: [_release(p) for p in list(_HELD)])
+        atexit.register(release_all)
     _HELD.add(path)
 
 
 def release_lock(path: Path) -> None:
     """Remove ``path``'s lock if this process holds it."""
     _release(Path(path))
+
+
+def release_all() -> None:
+    """Remove every lock this process holds (the end of a command; also run at interpreter exit)."""
+    for path in list(_HELD):
+        _release(path)
 
 
 def _empty_children(path: Path) -> None:
@@ -177,7 +183,9 @@ def prepare_run_dir(path: Path, force: bool = False, resume: bool = False, kind:
         return True
     if existing:
         if not force:
-            raise FileExistsError(f"out: {path} already exists; pass force (--force) to start over or --resume")
+            raise FileExistsError(
+                f"out: {path} already exists; start over with force (--force) or continue it with resume (--resume)"
+            )
         if marker is None:
             raise ValueError(
                 f"out: {path} was not created by crossfuse (no {MARKER_FILE}); not deleting it, remove it yourself"
