@@ -56,7 +56,7 @@ def _peaked(cells: list[tuple[int, int]]) -> list[float]:
 
 def explorer_data(tokens: list[str] | None = None, box_label: str = "red square") -> dict[str, Any]:
     """One example in the ``extras["explorer"]`` schema. In "mean" "red" looks at the red square and "blue" at
-    the blue one; "layer 2 / head 3" swaps them; "layer 1 / head 1" is uniform."""
+    the blue one; "layer 2 / head 3" and the "gradient" method swap them; "layer 1 / head 1" is uniform."""
     tokens = tokens or TOKENS
     image = np.full((GRID * PATCH, GRID * PATCH, 3), 235, dtype=np.uint8)
     for cells, colour in ((RED_CELLS, (214, 39, 40)), (BLUE_CELLS, (31, 119, 180))):
@@ -76,7 +76,9 @@ def explorer_data(tokens: list[str] | None = None, box_label: str = "red square"
             "layer 1 / head 1": [uniform for _ in tokens],
             "mean": [by_word.get(t, uniform) for t in tokens],
             "layer 2 / head 3": [swapped.get(t, uniform) for t in tokens],
+            "gradient": [swapped.get(t, uniform) for t in tokens],
         },
+        "methods": ["mean", "gradient"],
         "boxes": [{"label": box_label, "xyxy": [8, 8, 24, 24]}, {"label": "blue square", "xyxy": [40, 40, 56, 56]}],
     }
     return {"kind": "binding", "examples": [example]}

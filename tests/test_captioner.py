@@ -7,13 +7,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from crossfuse.checkpoint import load_captioner, save_captioner
 from crossfuse.data.radiographs import RadiographDataset, Vocabulary, generate_studies, max_report_length
 from crossfuse.models.captioner import (
     Captioner,
     CaptionerConfig,
     CaptionObjective,
-    load_captioner,
-    save_captioner,
 )
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.train import TrainConfig, fit
@@ -130,6 +129,30 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert loaded_vocab.tokens == vocab.tokens and loaded.config == m.config
     with pytest.raises(FileNotFoundError, match="caption-train"):
         load_captioner(tmp_path / "nowhere")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["format"] == "crossfuse-captioner/2" and record["config"]["encoder"] == "vit"
+
+
+def test_checkpoint_formats_and_non_finite_weights(tmp_path) -> None:
+    m = model(encoder="local")
+    vocab = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>", *"abcdefg"])
+    save_captioner(tmp_path / "local", m, vocab)
+    assert load_captioner(tmp_path / "local")[0].config.encoder == "local"
+    # format 1 (before the encoder field) loads as a ViT
+    vit = model()
+    save_captioner(tmp_path / "old", vit, vocab)
+    record = json.loads((tmp_path / "old" / "config.json").read_text())
+    del record["config"]["encoder"], record["config"]["registers"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**record, "format": "crossfuse-captioner/1"}))
+    assert load_captioner(tmp_path / "old")[0].config.encoder == "vit"
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**record, "format": "something/9"}))
+    with pytest.raises(ValueError, match="format"):
+        load_captioner(tmp_path / "old")
+    with torch.no_grad():
+        next(m.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        save_captioner(tmp_path / "nan", m, vocab)
+    assert not (tmp_path / "nan").exists()
 
 
 def test_bad_inputs_name_the_argument() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crossfuse.checkpoint import load_captioner
 from crossfuse.cli import main
 from crossfuse.data.radiographs import SPECIALS, save_png, tokenize
-from crossfuse.models.captioner import load_captioner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,6 +43,7 @@ def test_caption_train_writes_a_loadable_run(run_dir: Path) -> None:
     ]
     model, vocab = load_captioner(run_dir)
     assert model.config.image_size == 64 and tuple(vocab.tokens[:4]) == SPECIALS
+    assert model.config.encoder == "local"  # the default: tokens that stay local
 
 
 def check_heatmaps(report: str, summary: str, out: Path, run_dir: Path) -> None:
@@ -59,10 +60,32 @@ def check_heatmaps(report: str, summary: str, out: Path, run_dir: Path) -> None:
 def test_caption_end_to_end(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "heatmaps"
     image = run_dir / "samples" / "study_00.png"
-    done = crossfuse("caption", "--run", str(run_dir), "--image", str(image), "--beam", "3", "--heatmaps", str(out))
+    done = crossfuse(
+        "caption",
+        "--run",
+        str(run_dir),
+        "--image",
+        str(image),
+        "--beam",
+        "3",
+        "--heatmaps",
+        str(out),
+        "--method",
+        "gradient",
+    )
     assert done.returncode == 0, done.stderr
     report, summary = done.stdout.strip().splitlines()
     check_heatmaps(report, summary, out, run_dir)
+    assert "gradient attention maps" in summary
+
+
+def test_caption_train_encoder_flag(tmp_path: Path) -> None:
+    out = tmp_path / "vit"
+    done = crossfuse("caption-train", "--out", str(out), "--size", "smoke", "--samples", "0", "--encoder", "vit")
+    assert done.returncode == 0, done.stderr
+    assert load_captioner(out)[0].config.encoder == "vit"
+    bad = crossfuse("caption-train", "--out", str(tmp_path / "x"), "--encoder", "cnn")
+    assert bad.returncode == 2 and "--encoder" in bad.stderr
 
 
 def test_caption_greedy_in_process(run_dir: Path, tmp_path: Path, capsys) -> None:

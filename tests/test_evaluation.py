@@ -8,11 +8,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from crossfuse.checkpoint import MODEL_FILE, STATE_JSON_FILE, load_training_state, load_weights, save_checkpoint
+from crossfuse.checkpoint import (
+    MODEL_FILE,
+    STATE_JSON_FILE,
+    load_captioner,
+    load_training_state,
+    load_weights,
+    save_captioner,
+    save_checkpoint,
+)
 from crossfuse.data.dataset import MultimodalDataset
 from crossfuse.data.radiographs import Vocabulary
 from crossfuse.evaluation import FusionObjective, make_loader, predict, regression_metrics
-from crossfuse.models.captioner import Captioner, CaptionerConfig, load_captioner, save_captioner
+from crossfuse.models.captioner import Captioner, CaptionerConfig
 from tiny_fusion import task, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")

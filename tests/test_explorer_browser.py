@@ -97,6 +97,11 @@ def test_click_word_switch_head_and_hover(browser, tmp_path, monkeypatch) -> Non
     red_swapped = canvas.evaluate(PIXELS)
     assert red_swapped not in (blank, red_mean)
     assert _alpha(canvas, BLUE_CELLS) > 150 > 60 > _alpha(canvas, RED_CELLS)
+    # switch heatmap method: "gradient" (listed second, after the default "mean") moves it the same way
+    assert select.locator("option").nth(1).get_attribute("value") == "gradient"
+    select.select_option("gradient")
+    assert canvas.get_attribute("data-view") == "gradient"
+    assert _alpha(canvas, BLUE_CELLS) > 150 > 60 > _alpha(canvas, RED_CELLS)
     # back to "mean": the same picture as before (drawing is a function of word and head only)
     select.select_option("mean")
     assert canvas.evaluate(PIXELS) == red_mean

@@ -99,3 +99,37 @@ def test_lag_tracking_reads_a_perfect_lag_follower() -> None:
     result = jitter.lag_tracking(Follower(), data, trials)["layer 1"]
     assert result["slope"] == pytest.approx(1.0, abs=0.02)
     assert result["correlation"] > 0.99
+
+
+def _means(cross: tuple[float, float], early: tuple[float, float], spikes: float) -> dict[str, dict[int, float]]:
+    return {
+        "cross": {0: cross[0], 16: cross[1]},
+        "early": {0: early[0], 16: early[1]},
+        "spikes": {0: spikes, 16: spikes},
+        "lfp": {0: 0.9, 16: 0.7},
+    }
+
+
+def test_precondition_fails_when_cross_barely_uses_the_lfp() -> None:
+    """Cross gains 0.062 over spikes where early gains 0.129: share 0.48 < 0.5 -> inconclusive, even if judged."""
+    judged = jitter.judge(_means((0.871, 0.863), (0.938, 0.845), 0.809), (0, 16))
+    assert judged["share"] == pytest.approx(0.062 / 0.129)
+    assert judged["precondition_met"] is False
+    # every part of the criterion holds (drop 0.008, gain 0.054, beats early, keeps 0.87 < 0.88 fails)
+    assert judged["kept"] == pytest.approx(0.054 / 0.062)
+    assert judged["passed"] is False
+    assert jitter.verdict(judged["passed"], judged["precondition_met"]) == "inconclusive"
+
+
+def test_criterion_parts() -> None:
+    robust = jitter.judge(_means((0.93, 0.92), (0.94, 0.84), 0.80), (0, 16))
+    assert robust["precondition_met"] and robust["passed"]
+    assert jitter.verdict(robust["passed"], robust["precondition_met"]) == "supported"
+    # loses most of its gain: precondition met, criterion fails -> not supported
+    fragile = jitter.judge(_means((0.93, 0.83), (0.94, 0.80), 0.80), (0, 16))
+    assert fragile["precondition_met"] and not fragile["passed"] and fragile["kept"] < jitter.MIN_KEPT
+    # robust but early fusion still better at the largest J
+    beaten = jitter.judge(_means((0.93, 0.92), (0.96, 0.95), 0.80), (0, 16))
+    assert beaten["precondition_met"] and not beaten["beats_early"] and not beaten["passed"]
+    # early fusion gains nothing over spikes: the share is undefined and the precondition not met
+    assert jitter.judge(_means((0.85, 0.85), (0.80, 0.80), 0.80), (0, 16))["precondition_met"] is False

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from crossfuse.data.radiographs import (
     KINDS,
     SPECIALS,
+    VARIANT_KINDS,
     RadiographDataset,
     Vocabulary,
     detokenize,
@@ -24,7 +25,8 @@ from crossfuse.data.radiographs import (
 )
 from crossfuse.lab.grounding import parse_findings
 
-STUDIES = generate_studies(120, seed=7)
+STUDIES = generate_studies(120, seed=7)  # standard variant
+HARD = generate_studies(120, seed=7, variant="hard")
 
 
 def test_same_seed_same_study_and_streams_are_independent() -> None:
@@ -46,14 +48,30 @@ def test_images_are_films_in_range() -> None:
 
 
 def test_every_kind_and_normal_studies_occur() -> None:
-    kinds = {f.kind for s in STUDIES for f in s.findings}
-    assert kinds == set(KINDS)
+    assert (
+        {f.kind for s in STUDIES for f in s.findings} == set(VARIANT_KINDS["standard"]) == set(KINDS) - {"rib fracture"}
+    )
+    assert {f.kind for s in HARD for f in s.findings} == set(VARIANT_KINDS["hard"]) == set(KINDS)
     assert any(not s.findings for s in STUDIES)
+    with pytest.raises(ValueError, match="variant"):
+        generate_studies(2, seed=0, variant="easy")
 
 
-def test_boxes_lie_where_the_pixels_changed() -> None:
+def test_standard_findings_are_larger_than_hard_ones() -> None:
+    rng = np.random.default_rng(0)
+    anatomy = sample_anatomy(rng)
+    for kind in ("opacity", "nodule"):
+        std = [sample_finding(rng, anatomy, kind, "right lower", "standard").params[2] for _ in range(50)]
+        hard = [sample_finding(rng, anatomy, kind, "right lower", "hard").params[2] for _ in range(50)]
+        assert min(std) > max(hard)
+    std_nodule = [sample_finding(rng, anatomy, "nodule", "left upper").params[2:] for _ in range(50)]
+    assert min(r for r, _ in std_nodule) >= 3.0 and min(a for _, a in std_nodule) >= 0.5
+
+
+@pytest.mark.parametrize("studies", [STUDIES, HARD], ids=["standard", "hard"])
+def test_boxes_lie_where_the_pixels_changed(studies) -> None:
     checked = set()
-    for study in STUDIES:
+    for study in studies:
         for finding in study.findings:
             diff = np.abs(study.image - without(study, finding))
             x0, y0, x1, y1 = finding.xyxy
@@ -65,16 +83,17 @@ def test_boxes_lie_where_the_pixels_changed() -> None:
             ys, xs = np.nonzero(diff > 1e-6)
             assert (xs.max() + 1 - xs.min()) >= 0.5 * (x1 - x0) and (ys.max() + 1 - ys.min()) >= 0.5 * (y1 - y0)
             checked.add(finding.kind)
-    assert checked == set(KINDS)
+    assert checked == {f.kind for s in studies for f in s.findings}
 
 
-def test_locations_follow_anatomy() -> None:
+@pytest.mark.parametrize("variant", ["standard", "hard"])
+def test_locations_follow_anatomy(variant: str) -> None:
     rng = np.random.default_rng(0)
     for _ in range(30):
         anatomy = sample_anatomy(rng)
         for kind in ("opacity", "nodule", "rib fracture"):
             for location in ("right upper", "left lower", "left middle"):
-                finding = sample_finding(rng, anatomy, kind, location)
+                finding = sample_finding(rng, anatomy, kind, location, variant)
                 x0, y0, x1, y1 = finding.xyxy
                 side, zone = location.split()
                 # radiographic convention: the patient's right is on the image's left
@@ -91,7 +110,7 @@ def test_render_without_findings_is_the_normal_film() -> None:
 
 
 def test_reports_state_exactly_the_findings() -> None:
-    for study in STUDIES:
+    for study in STUDIES + HARD:
         assert parse_findings(study.report) == study.finding_set, study.report
         if not study.findings:
             assert "no pleural effusion" in study.report.lower() or "no effusion" in study.report.lower()

@@ -13,6 +13,7 @@ from crossfuse.data.scenes import (
     binding_splits,
     generate_binding,
     question_category,
+    shape_cells,
     shape_mask,
 )
 
@@ -77,18 +78,21 @@ def test_held_out_pairs_never_asked_in_training_and_asked_in_test(splits) -> Non
     assert {s for _, s in train.questions} == set(SHAPES)
 
 
-def test_objects_fit_do_not_overlap_and_are_drawn_in_their_colour() -> None:
+def test_objects_fit_keep_their_gap_and_are_drawn_in_their_colour() -> None:
     config = SceneConfig(noise=0.0, brightness=(1.0, 1.0))
     data = generate_binding(60, seed=2, config=config)
     for image, objects in zip(data.images, data.objects, strict=True):
         assert config.min_objects <= len(objects) <= config.max_objects
+        drawn = (image.abs().sum(0) > 0).float()
+        assert drawn.sum() == sum(shape_mask(o.shape, o.size, o.variant).sum() for o in objects)
         for i, o in enumerate(objects):
             x0, y0, x1, y1 = o.xyxy
-            assert min(x0, y0) >= 0 and max(x1, y1) <= 32
+            assert min(x0, y0) >= 0 and max(x1, y1) <= 24 and x0 % 4 == 0 and y0 % 4 == 0
             for other in objects[:i]:
                 ox0, oy0, ox1, oy1 = other.xyxy
-                assert x1 <= ox0 or ox1 <= x0 or y1 <= oy0 or oy1 <= y0
-            stencil = torch.from_numpy(shape_mask(o.shape, o.size))
+                g = config.gap
+                assert x1 + g <= ox0 or ox1 + g <= x0 or y1 + g <= oy0 or oy1 + g <= y0
+            stencil = torch.from_numpy(shape_mask(o.shape, o.size, o.variant))
             region = image[:, y0:y1, x0:x1]
             torch.testing.assert_close(region[:, stencil].mean(1), torch.tensor(COLOR_RGB[o.color]))
             assert region[:, ~stencil].abs().max() == 0
@@ -96,23 +100,28 @@ def test_objects_fit_do_not_overlap_and_are_drawn_in_their_colour() -> None:
 
 def test_patches_and_tokens_match_a_direct_reading() -> None:
     data = generate_binding(3, seed=0)
-    patches = data.patches(8)
-    assert patches.shape == (3, 16, 192)
+    patches = data.patches(4)
+    assert patches.shape == (3, 36, 48)
     # patch (row 1, col 2) of image 2, channel-last within the patch
-    expected = data.images[2, :, 8:16, 16:24].permute(1, 2, 0).reshape(-1)
-    torch.testing.assert_close(patches[2, 1 * 4 + 2], expected)
+    expected = data.images[2, :, 4:8, 8:12].permute(1, 2, 0).reshape(-1)
+    torch.testing.assert_close(patches[2, 1 * 6 + 2], expected)
     tokens, mask = data.tokens()
     assert mask.all()
     words = [[VOCAB[i] for i in row] for row in tokens.argmax(-1).tolist()]
     assert words == [["is", "there", "a", c, s] for c, s in data.questions]
 
 
-def test_shapes_are_distinct_stencils() -> None:
-    stencils = [shape_mask(s, 8) for s in SHAPES]
-    for i in range(len(stencils)):
-        for j in range(i):
-            assert (stencils[i] != stencils[j]).any()
-    assert np.all([s.sum() >= 12 for s in stencils])
+def test_shapes_fill_two_cells_and_differ_only_in_their_relation() -> None:
+    stencils = {(s, v): shape_mask(s, 8, v) for s in SHAPES for v in (0, 1)}
+    for (shape, variant), mask in stencils.items():
+        cells = shape_cells(shape, variant)
+        assert len(set(cells)) == 2 and mask.sum() == 2 * 16
+        for r, c in cells:  # every filled cell is a whole 4x4 block
+            assert mask[r * 4 : r * 4 + 4, c * 4 : c * 4 + 4].all()
+    assert len({m.tobytes() for m in stencils.values()}) == 6  # 2 bars, 2 columns, 2 diagonals
+    # over their variants a bar and a column fill every cell equally often
+    for shape in ("bar", "column"):
+        assert len(np.unique(sum(shape_mask(shape, 8, v).astype(int) for v in (0, 1)))) == 1
 
 
 def test_bad_input_names_the_argument() -> None:
@@ -122,6 +131,10 @@ def test_bad_input_names_the_argument() -> None:
         SceneConfig(min_objects=1)
     with pytest.raises(ValueError, match="patch"):
         generate_binding(2, seed=0).patches(5)
+    with pytest.raises(ValueError, match="object_size"):
+        SceneConfig(object_size=7)
+    with pytest.raises(ValueError, match="variant"):
+        shape_cells("bar", 2)
     with pytest.raises(ValueError, match="n_test"):
         binding_splits(4, 0, seed=0)
     with pytest.raises(ValueError, match="held_out_fraction"):

@@ -138,7 +138,7 @@ def test_explorer_fragment_selector_and_malformed_examples() -> None:
     bad["attention"]["mean"] = bad["attention"]["mean"][:-1]  # one row short
     html = render_explorer({"kind": "binding", "examples": [good["examples"][0], bad, "junk"]})
     options = re.findall(r'<option value="([^"]*)">', html)
-    assert options == ["mean", "layer 1 / head 1", "layer 2 / head 3"]  # "mean" first: the default
+    assert options == ["mean", "gradient", "layer 1 / head 1", "layer 2 / head 3"]  # methods first: the default
     assert html.count('<figure class="ex"') == 1
     notes = unescape(html)
     assert "example 2 not shown: attention['mean']: expected 7 rows (one per token), got 6" in notes

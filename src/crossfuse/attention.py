@@ -171,7 +171,10 @@ class CrossAttention(nn.Module):
         if valid_rows is not None:
             out = out.masked_fill(~valid_rows[:, 0], 0.0)  # (B|1, Nq|1, 1) broadcasts over D
         if return_attention:
-            return out, weights.expand(batch, -1, n_query, -1)
+            # The tensor the output was computed from (no new view when shapes agree), so callers can
+            # take gradients with respect to the weights (gradient-weighted attention maps).
+            same = weights.shape[0] == batch and weights.shape[2] == n_query
+            return out, weights if same else weights.expand(batch, -1, n_query, -1)
         return out
 
     def _split_heads(self, x: Tensor) -> Tensor:

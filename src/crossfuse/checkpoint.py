@@ -271,3 +271,54 @@ def load_training_state(directory: Path) -> tuple[dict[str, Any], dict[str, Tens
         except (SafetensorError, OSError) as error:
             raise ValueError(f"checkpoint: {found / STATE_TENSORS_FILE} is not readable ({error})") from None
     return state, tensors
+
+
+# ----------------------------------------------------------------------------- captioner runs
+
+CAPTIONER_FORMAT = "crossfuse-captioner/2"
+"""``config.json`` = {"format", "config": CaptionerConfig fields, "vocab": tokens}; /1 (before the
+``encoder`` and ``registers`` fields, always a ViT) still loads."""
+_CAPTIONER_FORMATS = ("crossfuse-captioner/1", CAPTIONER_FORMAT)
+
+
+def save_captioner(directory: Path, model: nn.Module, vocab: Any) -> Path:
+    """Write a captioner run: ``config.json`` (format, model config, vocabulary) and ``model.safetensors``.
+
+    Refuses non-finite weights (a diverged run). ``model`` is a `crossfuse.models.captioner.Captioner`,
+    ``vocab`` its `crossfuse.data.radiographs.Vocabulary`.
+    """
+    from dataclasses import asdict
+
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    check_finite(state, "model: weights to save")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / MODEL_FILE))
+    record = {"format": CAPTIONER_FORMAT, "config": asdict(model.config), "vocab": list(vocab.tokens)}
+    atomic_write_json(directory / "config.json", record, indent=2)
+    return directory
+
+
+def load_captioner(directory: Path, device: str = "cpu") -> tuple[Any, Any]:
+    """Read a run written by `save_captioner` -> (Captioner in eval mode, Vocabulary)."""
+    from crossfuse.data.radiographs import Vocabulary
+    from crossfuse.models.captioner import Captioner, CaptionerConfig
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / MODEL_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(
+            f"directory: no captioner in {str(directory)!r} (expected config.json and {MODEL_FILE}; "
+            "create one with `crossfuse caption-train`)"
+        )
+    try:
+        record = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"directory: {str(config_path)!r} is not valid JSON ({error})") from None
+    if record.get("format") not in _CAPTIONER_FORMATS:
+        raise ValueError(
+            f"directory: expected format {CAPTIONER_FORMAT!r} in {config_path}, got {record.get('format')!r}"
+        )
+    model = Captioner(CaptionerConfig(**record["config"]))
+    model.load_state_dict(read_tensors(weights_path, device))  # refuses a damaged file or NaN weights
+    return model.to(device).eval(), Vocabulary(record["vocab"])

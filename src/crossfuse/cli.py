@@ -21,7 +21,12 @@ from crossfuse.config_file import add_config_argument, apply_config_defaults
 from crossfuse.run_dir import release_all
 
 # Library argument names that differ from the flag's dest (TrainConfig / FusionConfig field -> dest).
-ARGUMENT_ALIASES = {"checkpoint_every_steps": "checkpoint_every", "num_heads": "heads", "num_layers": "layers"}
+ARGUMENT_ALIASES = {
+    "checkpoint_every_steps": "checkpoint_every",
+    "num_heads": "heads",
+    "num_layers": "layers",
+    "directory": "run",
+}
 # Library names that are not the flag of the same name (crossfuse.checkpoint's "checkpoint: <file>: ..." names a file).
 NOT_FLAGS = frozenset({"checkpoint"})
 _PREFIX = re.compile(r"^(?:config\.)?([A-Za-z_][A-Za-z0-9_]*)(?=[: ])")

@@ -10,21 +10,26 @@ import argparse
 from pathlib import Path
 
 from crossfuse.lab.result import SIZES
+from crossfuse.models.attention_maps import DEFAULT_METHOD, METHODS
+from crossfuse.models.captioner import ENCODERS
 from crossfuse.precision import DEVICE_KINDS, PRECISIONS
 
 
 def cmd_caption_train(args: argparse.Namespace) -> int:
     """Train the report captioner on generated chest films and save it as a run for `crossfuse caption`."""
+    from dataclasses import replace
+
+    from crossfuse.checkpoint import save_captioner
     from crossfuse.data.radiographs import save_png
-    from crossfuse.lab.report_generation import PLANS, train_report_model
-    from crossfuse.models.captioner import save_captioner
+    from crossfuse.models.captioner_training import CAPTIONER_SIZES, train_captioner
     from crossfuse.run_dir import prepare_run_dir
 
     if args.samples < 0:
         raise ValueError(f"samples: expected >= 0, got {args.samples}")
     out = Path(args.out)
     prepare_run_dir(out, force=args.force, kind="captioner")
-    trained = train_report_model(PLANS[args.size], args.seed, progress=lambda text: print(text, flush=True))
+    shape = replace(CAPTIONER_SIZES[args.size], encoder=args.encoder)
+    trained = train_captioner(shape, args.seed, progress=lambda text: print(text, flush=True))
     save_captioner(out, trained.model, trained.vocab)
     samples = out / "samples"
     samples.mkdir(exist_ok=True)
@@ -48,8 +53,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     import torch
 
+    from crossfuse.checkpoint import load_captioner
     from crossfuse.data.radiographs import detokenize, load_png
-    from crossfuse.models.captioner import load_captioner
+    from crossfuse.models.attention_maps import word_heatmaps
     from crossfuse.models.decoding import beam_search, greedy_decode
     from crossfuse.precision import autocast, check_precision, resolve_device
     from crossfuse.viz.heatmaps import write_word_heatmaps
@@ -65,16 +71,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
     images = torch.from_numpy(image)[None, None].to(device)
     with autocast(device, args.precision):
         if args.beam == 1:
-            out = greedy_decode(model, images, return_attention=True)
+            out = greedy_decode(model, images)
         else:
-            out = beam_search(model, images, args.beam, length_penalty=args.length_penalty, return_attention=True)
+            out = beam_search(model, images, args.beam, length_penalty=args.length_penalty)
     words = vocab.words(out.tokens[0])
     print(detokenize(words))
     if args.heatmaps:
-        paths = write_word_heatmaps(
-            image, words, out.mean_attention(0).float().cpu(), Path(args.heatmaps), grid=model.grid
-        )
-        print(f"{len(paths)} word heatmaps (cross-attention, mean over layers and heads) written to {args.heatmaps}")
+        heat = word_heatmaps(model, images, out.tokens, [args.method])[args.method][0]
+        paths = write_word_heatmaps(image, words, heat.float().cpu(), Path(args.heatmaps), grid=model.grid)
+        print(f"{len(paths)} word heatmaps ({args.method} attention maps) written to {args.heatmaps}")
     return 0
 
 
@@ -88,6 +93,9 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     caption.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     caption.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length**alpha")
     caption.add_argument("--heatmaps", default=None, help="directory for one attention heatmap PNG per word")
+    caption.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD, help="heatmap method (default: best on validation films)"
+    )
     caption.add_argument("--device", default="cpu", help=f"{', '.join(DEVICE_KINDS)} or cuda:N")
     caption.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype while decoding")
     caption.set_defaults(func=cmd_caption)
@@ -97,6 +105,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     )
     train.add_argument("--out", required=True, help="run directory to create")
     train.add_argument("--size", choices=SIZES, default="quick", help="data/training budget")
+    train.add_argument("--encoder", choices=ENCODERS, default="local", help="local patch encoder or ViT")
     train.add_argument("--seed", type=int, default=0, help="data and training seed")
     train.add_argument("--samples", type=int, default=4, help="held-out films (PNG + reference) to save")
     train.add_argument(

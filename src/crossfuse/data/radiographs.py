@@ -7,12 +7,24 @@ Gaussian noise. Findings are drawn in anatomical zones:
 - ``opacity`` and ``nodule``: a lung zone (right/left x upper/middle/lower);
 - ``pleural effusion``: a costophrenic angle (right/left), a meniscus at the lung base;
 - ``cardiomegaly``: the heart, an enlarged heart shadow;
-- ``rib fracture``: a lung zone, a rib interrupted with displaced ends.
+- ``rib fracture``: a lung zone, a rib interrupted with displaced ends (``"hard"`` variant only).
+
+Two variants (sizes in pixels at S = 64; they scale with S):
+
+- ``"standard"`` (default): findings a from-scratch encoder detects at the lab's quick budget
+  (~1,500 steps). Opacity: soft blob of radius 6-7.5 and amplitude 0.35-0.45; nodule: dense disc
+  of radius 3-4 and amplitude 0.5-0.6; effusion and cardiomegaly as in ``"hard"``; no rib
+  fractures. Why: in the hard films a 2 px nodule covers ~12 pixels of one 8x8 patch, near the
+  noise and rib texture, and a classifier on the encoder trained for the same steps found no
+  nodules or fractures at all (issue 16); at radius 3-4 a nodule fills most of a patch and
+  stands well above the noise. Every lung zone (about 11 px tall, 9 px wide per lung) still
+  spans more than one patch of an 8x8 grid, so the location is resolvable on a 64x64 film.
+- ``"hard"``: the original small findings (opacity radius 4-5.5, amplitude 0.25-0.35; nodule
+  radius 1.6-2.4, amplitude 0.35-0.45; rib fractures), kept and reported on their own row.
 
 Radiographic convention: the patient's right is on the image's left. Every finding changes pixels
 only inside its box (``xyxy`` in pixels, end-exclusive), which the tests check by rendering with
-and without it. The report is templated but varied ("There is an opacity in the right lower zone.
-No pleural effusion. Heart size is normal.") and `Vocabulary` is built from report texts.
+and without it. Reports, tokens and `Vocabulary` live in `crossfuse.data.report_text`.
 
 Shapes: ``Study.image``: (S, S) float32 in [0, 1];  ``RadiographDataset[i]``: {"image": (1, S, S),
 "tokens": (max_len,) long, BOS ... EOS then PAD, "index": ()}.
@@ -20,7 +32,6 @@ Shapes: ``Study.image``: (S, S) float32 in [0, 1];  ``RadiographDataset[i]``: {"
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,14 +41,26 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from crossfuse.data.report_text import (  # noqa: F401 - re-exported: the report grammar lives there
+    BOS,
+    EOS,
+    PAD,
+    SPECIALS,
+    UNK,
+    Vocabulary,
+    detokenize,
+    tokenize,
+    write_report,
+)
+
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
 KINDS = ("opacity", "nodule", "pleural effusion", "cardiomegaly", "rib fracture")
+VARIANTS = ("standard", "hard")
+VARIANT_KINDS = {"standard": KINDS[:4], "hard": KINDS}
+"""Finding kinds each variant draws."""
 LUNG_ZONES = tuple(f"{side} {zone}" for side in SIDES for zone in ZONES)
 """Locations of lung findings; effusions are located by side, cardiomegaly at ``"heart"``."""
-
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
 
 
 @dataclass(frozen=True)
@@ -264,13 +287,29 @@ def _point_in_zone(
     return float(cx), float((top + bottom) / 2)
 
 
-def sample_finding(rng: np.random.Generator, anatomy: Anatomy, kind: str, location: str) -> Finding:
-    """Draw the parameters and the box of one finding of ``kind`` at ``location``."""
+_LUNG_FINDING_SIZES = {  # (radius range in pixels at S = 64, amplitude range); see the module docstring
+    ("standard", "opacity"): ((6.0, 7.5), (0.35, 0.45)),
+    ("standard", "nodule"): ((3.0, 4.0), (0.5, 0.6)),
+    ("hard", "opacity"): ((4.0, 5.5), (0.25, 0.35)),
+    ("hard", "nodule"): ((1.6, 2.4), (0.35, 0.45)),
+}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+
+
+def sample_finding(
+    rng: np.random.Generator, anatomy: Anatomy, kind: str, location: str, variant: str = "standard"
+) -> Finding:
+    """Draw the parameters and the box of one finding of ``kind`` at ``location`` (sizes per ``variant``)."""
+    _check_variant(variant)
     size, u = anatomy.size, anatomy.size / 64
     if kind in ("opacity", "nodule"):
         side, zone = location.split()
-        radius = rng.uniform(4.0, 5.5) * u if kind == "opacity" else rng.uniform(1.6, 2.4) * u
-        amplitude = rng.uniform(0.25, 0.35) if kind == "opacity" else rng.uniform(0.35, 0.45)
+        (r_lo, r_hi), (a_lo, a_hi) = _LUNG_FINDING_SIZES[(variant, kind)]
+        radius, amplitude = rng.uniform(r_lo, r_hi) * u, rng.uniform(a_lo, a_hi)
         cx, cy = _point_in_zone(rng, anatomy, side, zone, margin=radius * 0.5)
         reach = radius + (0.5 if kind == "nodule" else 0.0)
         box = _clip_box(size, cx - reach, cy - reach, cx + reach, cy + reach)
@@ -315,159 +354,36 @@ def _location_for(rng: np.random.Generator, kind: str) -> str:
     return "heart"
 
 
-def sample_findings(rng: np.random.Generator, anatomy: Anatomy) -> list[Finding]:
-    """0 findings (normal, 30%), 1 (45%) or 2 (25%), at most one per kind."""
+def sample_findings(rng: np.random.Generator, anatomy: Anatomy, variant: str = "standard") -> list[Finding]:
+    """0 findings (normal, 30%), 1 (45%) or 2 (25%), at most one per kind, of the variant's kinds."""
+    kinds_of = VARIANT_KINDS[variant]
     count = int(rng.choice([0, 1, 2], p=[0.3, 0.45, 0.25]))
-    kinds = rng.choice(len(KINDS), size=count, replace=False)
-    return [sample_finding(rng, anatomy, KINDS[k], _location_for(rng, KINDS[k])) for k in sorted(kinds)]
+    kinds = rng.choice(len(kinds_of), size=count, replace=False)
+    return [sample_finding(rng, anatomy, kinds_of[k], _location_for(rng, kinds_of[k]), variant) for k in sorted(kinds)]
 
 
-# --------------------------------------------------------------------------- reports
-
-_POSITIVE = {
-    "opacity": (
-        "There is an opacity in the {side} {zone} zone.",
-        "An opacity is seen in the {side} {zone} zone.",
-        "{Side} {zone} zone opacity.",
-    ),
-    "nodule": (
-        "There is a nodule in the {side} {zone} zone.",
-        "A small nodule is seen in the {side} {zone} zone.",
-        "{Side} {zone} zone nodule.",
-    ),
-    "pleural effusion": (
-        "There is a {side} pleural effusion.",
-        "Small {side} pleural effusion.",
-        "Blunting of the {side} costophrenic angle, consistent with pleural effusion.",
-    ),
-    "cardiomegaly": ("The heart is enlarged.", "Cardiomegaly.", "Heart size is enlarged."),
-    "rib fracture": (
-        "There is a fracture of a {side} {zone} rib.",
-        "A {side} {zone} rib fracture is seen.",
-        "Fracture of a {side} rib in the {zone} zone.",
-    ),
-}
-_NEGATIVE = {
-    "lungs": ("The lungs are clear.", "No focal opacity.", "Lungs are clear."),
-    "pleural effusion": ("No pleural effusion.", "There is no pleural effusion.", "No effusion."),
-    "cardiomegaly": ("Heart size is normal.", "The heart is normal in size.", "Normal heart size."),
-    "rib fracture": ("No rib fracture.", "No acute bony abnormality."),
-}
-
-
-def write_report(rng: np.random.Generator, findings: list[Finding]) -> str:
-    """A templated report: lung findings, then pleura, heart and bones; negatives where normal."""
-    by_kind = {f.kind: f for f in findings}
-
-    def positive(f: Finding) -> str:
-        side, _, zone = f.location.partition(" ")
-        template = str(rng.choice(_POSITIVE[f.kind]))
-        return template.format(side=side, Side=side.capitalize(), zone=zone)
-
-    sentences = [positive(by_kind[k]) for k in ("opacity", "nodule") if k in by_kind]
-    if not sentences:
-        sentences.append(str(rng.choice(_NEGATIVE["lungs"])))
-    for kind in ("pleural effusion", "cardiomegaly"):
-        sentences.append(positive(by_kind[kind]) if kind in by_kind else str(rng.choice(_NEGATIVE[kind])))
-    if "rib fracture" in by_kind:
-        sentences.append(positive(by_kind["rib fracture"]))
-    elif rng.random() < 0.5:
-        sentences.append(str(rng.choice(_NEGATIVE["rib fracture"])))
-    return " ".join(sentences)
-
-
-def generate_study(seed: int, index: int, size: int = 64) -> Study:
+def generate_study(seed: int, index: int, size: int = 64, variant: str = "standard") -> Study:
     """Study ``index`` of the stream ``seed`` (independent of how many others are drawn)."""
+    _check_variant(variant)
     rng = np.random.default_rng([seed, index])
     anatomy = sample_anatomy(rng, size)
-    findings = sample_findings(rng, anatomy)
+    findings = sample_findings(rng, anatomy, variant)
     return Study(render(anatomy, findings), findings, write_report(rng, findings), anatomy, (seed, index))
 
 
-def generate_studies(count: int, seed: int, size: int = 64, start: int = 0) -> list[Study]:
-    """``count`` studies of the stream ``seed``, indices ``start .. start + count - 1``."""
+def generate_studies(count: int, seed: int, size: int = 64, start: int = 0, variant: str = "standard") -> list[Study]:
+    """``count`` studies of the stream ``seed``, indices ``start .. start + count - 1``, of one variant."""
+    _check_variant(variant)
     if count < 0:
         raise ValueError(f"count: expected >= 0, got {count}")
     if size < 32:
         raise ValueError(f"size: expected >= 32 pixels, got {size}")
-    return [generate_study(seed, start + i, size) for i in range(count)]
+    return [generate_study(seed, start + i, size, variant) for i in range(count)]
 
 
 def without(study: Study, finding: Finding) -> np.ndarray:
     """The same film re-rendered without one of its findings (for checking boxes)."""
     return render(study.anatomy, [f for f in study.findings if f != finding])
-
-
-# --------------------------------------------------------------------------- vocabulary
-
-_TOKEN = re.compile(r"[a-z]+|[.,]")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case words and the punctuation marks ``.`` and ``,`` as separate tokens."""
-    return _TOKEN.findall(text.lower())
-
-
-def detokenize(words: list[str]) -> str:
-    """Join tokens back into sentences: no space before punctuation, capitalised sentences."""
-    text = ""
-    capital = True
-    for word in words:
-        if word in ".,":
-            text += word
-            capital = word == "."
-            continue
-        text += (" " if text else "") + (word.capitalize() if capital else word)
-        capital = False
-    return text
-
-
-class Vocabulary:
-    """Token <-> id map with ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2, ``<unk>`` = 3 first.
-
-    Shapes: encode(text) -> list[int] (BOS ... EOS, padded to ``max_len`` if given);
-    decode(ids) -> text (stops at EOS, skips PAD/BOS).
-    """
-
-    def __init__(self, tokens: list[str]) -> None:
-        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"tokens: expected to start with {list(SPECIALS)}, got {tokens[: len(SPECIALS)]}")
-        if len(set(tokens)) != len(tokens):
-            raise ValueError("tokens: expected unique tokens, got duplicates")
-        self.tokens = list(tokens)
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-
-    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
-
-    @classmethod
-    def build(cls, texts: list[str]) -> Vocabulary:
-        """Every token seen in ``texts``, sorted, after the special tokens."""
-        words = sorted({w for text in texts for w in tokenize(text)})
-        return cls(list(SPECIALS) + words)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str, max_len: int | None = None) -> list[int]:
-        ids = [self.bos_id] + [self.index.get(w, self.unk_id) for w in tokenize(text)] + [self.eos_id]
-        if max_len is not None:
-            if len(ids) > max_len:
-                raise ValueError(f"max_len: report needs {len(ids)} tokens with BOS/EOS, got max_len={max_len}")
-            ids += [self.pad_id] * (max_len - len(ids))
-        return ids
-
-    def words(self, ids: list[int] | Tensor) -> list[str]:
-        """Tokens of ``ids`` up to EOS, without PAD/BOS."""
-        out = []
-        for i in ids.tolist() if isinstance(ids, Tensor) else ids:
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                out.append(self.tokens[i])
-        return out
-
-    def decode(self, ids: list[int] | Tensor) -> str:
-        return detokenize(self.words(ids))
 
 
 # --------------------------------------------------------------------------- data set and image files

@@ -1,6 +1,6 @@
 """Seeded "is there a <color> <shape>?" scenes for the compositional-binding experiment.
 
-Each example is a small RGB scene (default 32x32) holding 2-4 coloured shapes at random
+Each example is a small RGB scene (default 24x24) holding 2-4 coloured shapes at random
 non-overlapping positions, with Gaussian pixel noise, paired with a tokenised question
 "is there a <color> <shape>" whose answer is yes or no (balanced). The generator draws four kinds
 of scene (a quarter each by default):
@@ -19,10 +19,18 @@ Held-out combinations (CoGenT-style, Johnson et al., 2017) are colour-shape pair
 never asked about in training (they may still appear as other objects in training scenes);
 the test split asks about them, so accuracy there measures compositional generalisation.
 
-Objects are ``object_size`` pixels wide and placed on a lattice of ``align`` pixels. With the
-defaults (size 8, align 8) and 8x8 patches every object fills exactly one patch, so the visual part
-is easy and a model's errors come from the binding; with 4x4 patches an object covers 2x2 patches,
-and ``align=1`` places objects at any pixel.
+Shapes need binding across patches. An object's box (``object_size`` = 8 pixels) is a 2x2 grid of
+cells (4 pixels each); its shape is which two cells are filled with its colour: ``bar`` (one row of
+cells, top or bottom), ``column`` (one column, left or right), ``diagonal`` (top-left and bottom-right)
+or ``antidiagonal`` (top-right and bottom-left). Bars and columns take either row/column at random
+(`SceneObject.variant`), so each fills every cell half the time. Boxes sit on a lattice of ``align`` = 4
+pixels with at least ``gap`` = 4 empty pixels between boxes, so a cell's position mostly does not tell
+which cell of its box it is. With 4x4 patches each filled cell is one whole patch of one colour: a single
+patch token carries the colour and where it is, but the shape exists only in the relation between two
+tokens, so colour and shape must be bound across tokens. (The earlier scenes drew glyphs that filled
+exactly one 8x8 patch, so colour and shape arrived bound in one token. A 12-pixel lattice puts boxes at
+fixed slots, where a token's position tells which cell it is, and the cell narrows the shape: a linear
+probe on one token then reads the pair at about 0.49, against about 0.30 here.)
 
 Shapes:
     images: (N, 3, H, W) float  ->  patches(p): (N, (H/p)*(W/p), p*p*3)
@@ -48,26 +56,35 @@ COLOR_RGB: dict[str, tuple[float, float, float]] = {
     "blue": (0.15, 0.3, 1.0),
     "yellow": (1.0, 0.9, 0.1),
 }
-SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "cross")
+SHAPES: tuple[str, ...] = ("bar", "column", "diagonal", "antidiagonal")
 QUESTION = ("is", "there", "a")
 VOCAB: tuple[str, ...] = ("<pad>", *QUESTION, *COLORS, *SHAPES)
 QUESTION_LENGTH = len(QUESTION) + 2
 HELD_OUT: tuple[tuple[str, str], ...] = tuple((c, SHAPES[(i + 2) % len(SHAPES)]) for i, c in enumerate(COLORS))
 """One held-out combination per colour and per shape (a Latin transversal), so every colour and
-every shape is still asked about in training: red triangle, green cross, blue square, yellow circle."""
+every shape is still asked about in training: red diagonal, green antidiagonal, blue bar, yellow column."""
 
 KINDS = ("yes", "yes_distractors", "distractor", "absent")
 
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One object: its shape, colour and top-left corner; it fills a ``size`` x ``size`` box."""
+    """One object: its shape, colour and top-left corner of its ``size`` x ``size`` box.
+
+    ``variant`` picks the row of a bar / the column of a column (0 = top / left, 1 = bottom / right).
+    """
 
     shape: str
     color: str
     x0: int
     y0: int
     size: int
+    variant: int = 0
+
+    def cells(self) -> list[tuple[int, int]]:
+        """Top-left pixel (x, y) of each filled cell (``size // 2`` pixels square)."""
+        half = self.size // 2
+        return [(self.x0 + c * half, self.y0 + r * half) for r, c in shape_cells(self.shape, self.variant)]
 
     @property
     def xyxy(self) -> tuple[int, int, int, int]:
@@ -77,11 +94,12 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """Scene generator settings; defaults give 32x32 scenes of 8-pixel objects on an 8-pixel lattice."""
+    """Scene generator settings; defaults give 24x24 scenes of 8-pixel objects on a 4-pixel lattice, 4 pixels apart."""
 
-    image_size: int = 32
+    image_size: int = 24
     object_size: int = 8
-    align: int = 8
+    align: int = 4
+    gap: int = 4
     min_objects: int = 2
     max_objects: int = 4
     noise: float = 0.05
@@ -98,8 +116,12 @@ class SceneConfig:
             )
         if self.object_size > self.image_size:
             raise ValueError(f"object_size: expected <= image_size={self.image_size}, got {self.object_size}")
+        if self.object_size < 2 or self.object_size % 2:
+            raise ValueError(f"object_size: expected an even size >= 2 (a 2x2 grid of cells), got {self.object_size}")
         if self.align < 1:
             raise ValueError(f"align: expected >= 1, got {self.align}")
+        if self.gap < 0:
+            raise ValueError(f"gap: expected >= 0, got {self.gap}")
         probabilities = (self.p_yes, self.p_yes_distractors, self.p_distractor)
         if min(probabilities) < 0 or sum(probabilities) > 1 + 1e-9:
             raise ValueError(
@@ -201,25 +223,29 @@ def seen_combinations(held_out: Sequence[tuple[str, str]] = HELD_OUT) -> list[tu
     return [pair for pair in all_combinations() if pair not in set(held_out)]
 
 
-@lru_cache(maxsize=64)
-def shape_mask(shape: str, size: int) -> np.ndarray:
-    """Boolean ``size`` x ``size`` stencil of a shape, drawn with a one-pixel margin (cached: do not modify)."""
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    lo, hi = 1.0, size - 1.0
-    centre, half = size / 2, (hi - lo) / 2
-    if shape == "square":
-        return (xx > lo) & (xx < hi) & (yy > lo) & (yy < hi)
-    if shape == "circle":
-        return (xx - centre) ** 2 + (yy - centre) ** 2 <= half**2
-    if shape == "triangle":  # apex at the top centre, base at the bottom
-        inside_rows = (yy > lo) & (yy < hi)
-        return inside_rows & (np.abs(xx - centre) <= (yy - lo) / (hi - lo) * half + 0.25)
-    if shape == "cross":
-        arm = max(1.0, size / 8)
-        vertical = (np.abs(xx - centre) <= arm) & (yy > lo) & (yy < hi)
-        horizontal = (np.abs(yy - centre) <= arm) & (xx > lo) & (xx < hi)
-        return vertical | horizontal
+def shape_cells(shape: str, variant: int = 0) -> list[tuple[int, int]]:
+    """The (row, column) cells of the 2x2 grid that ``shape`` fills; ``variant`` (0/1) places a bar or a column."""
+    if variant not in (0, 1):
+        raise ValueError(f"variant: expected 0 or 1, got {variant!r}")
+    if shape == "bar":
+        return [(variant, 0), (variant, 1)]
+    if shape == "column":
+        return [(0, variant), (1, variant)]
+    if shape == "diagonal":
+        return [(0, 0), (1, 1)]
+    if shape == "antidiagonal":
+        return [(0, 1), (1, 0)]
     raise ValueError(f"shape: expected one of {list(SHAPES)}, got {shape!r}")
+
+
+@lru_cache(maxsize=64)
+def shape_mask(shape: str, size: int, variant: int = 0) -> np.ndarray:
+    """Boolean ``size`` x ``size`` stencil of a shape: its two filled cells (cached: do not modify)."""
+    half = size // 2
+    mask = np.zeros((size, size), dtype=bool)
+    for r, c in shape_cells(shape, variant):
+        mask[r * half : (r + 1) * half, c * half : (c + 1) * half] = True
+    return mask
 
 
 def render_scene(objects: Sequence[SceneObject], config: SceneConfig, rng: np.random.Generator) -> np.ndarray:
@@ -230,7 +256,7 @@ def render_scene(objects: Sequence[SceneObject], config: SceneConfig, rng: np.ra
     size = config.image_size
     image = np.zeros((3, size, size), dtype=np.float32)
     for obj in objects:
-        stencil = shape_mask(obj.shape, obj.size)
+        stencil = shape_mask(obj.shape, obj.size, obj.variant)
         colour = np.asarray(COLOR_RGB[obj.color], dtype=np.float32) * rng.uniform(*config.brightness)
         region = image[:, obj.y0 : obj.y0 + obj.size, obj.x0 : obj.x0 + obj.size]
         region[:, stencil] = colour[:, None]
@@ -239,22 +265,31 @@ def render_scene(objects: Sequence[SceneObject], config: SceneConfig, rng: np.ra
 
 
 def _place(attributes: list[tuple[str, str]], config: SceneConfig, rng: np.random.Generator) -> list[SceneObject]:
-    """Random non-overlapping lattice positions for each (colour, shape) in ``attributes``."""
+    """Random lattice positions, boxes at least ``gap`` pixels apart, for each (colour, shape) in ``attributes``.
+
+    Objects are placed one at a time, each uniformly among the corners still free; a dead end restarts.
+    """
     corners = np.arange(0, config.image_size - config.object_size + 1, config.align)
+    grid = np.stack(np.meshgrid(corners, corners, indexing="ij"), axis=-1).reshape(-1, 2)  # (P, 2) as (x, y)
+    spacing = config.object_size + config.gap
     for _ in range(1000):
-        xs, ys = rng.choice(corners, len(attributes)), rng.choice(corners, len(attributes))
-        separated = all(
-            abs(xs[i] - xs[j]) >= config.object_size or abs(ys[i] - ys[j]) >= config.object_size
-            for i in range(len(xs))
-            for j in range(i)
-        )
-        if separated:
+        free = np.ones(len(grid), dtype=bool)
+        chosen = []
+        for _ in attributes:
+            options = np.flatnonzero(free)
+            if not len(options):
+                break
+            x, y = grid[options[rng.integers(len(options))]]
+            chosen.append((int(x), int(y)))
+            free &= (np.abs(grid[:, 0] - x) >= spacing) | (np.abs(grid[:, 1] - y) >= spacing)
+        if len(chosen) == len(attributes):
+            variants = rng.integers(0, 2, len(attributes))
             return [
-                SceneObject(shape, colour, int(x), int(y), config.object_size)
-                for (colour, shape), x, y in zip(attributes, xs, ys, strict=True)
+                SceneObject(shape, colour, x, y, config.object_size, int(v))
+                for (colour, shape), (x, y), v in zip(attributes, chosen, variants, strict=True)
             ]
     raise ValueError(
-        f"max_objects: {len(attributes)} objects of size {config.object_size} do not fit in a "
+        f"max_objects: {len(attributes)} objects of size {config.object_size} (gap {config.gap}) do not fit in a "
         f"{config.image_size}x{config.image_size} scene"
     )
 

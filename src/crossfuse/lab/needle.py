@@ -97,7 +97,7 @@ PLANS: dict[Size, Plan] = {
     ),
     "quick": Plan(
         2,
-        109.0,
+        59.6,
         True,
         sizes=(16, 64, 256),
         n_train=4000,
@@ -162,32 +162,53 @@ def accuracy(model: FusionModel, data: NeedleSet) -> float:
 
 
 def scaling_figure(sizes: tuple[int, ...], acc: dict, params: dict, oracle: dict) -> bytes:
-    """Accuracy vs n (mean ± std over seeds, every measured variant) and parameters vs n, log-x.
+    """Accuracy vs n (mean ± std over seeds, every measured variant; points shifted slightly along x so that
+    overlapping lines stay apart) and parameters vs n, log-x.
 
     ``acc``: {variant: {str(n): [per seed]}}  ``params``: {strategy: {str(n): int}}  ``oracle``: {str(n): [...]}
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    styles = {"flatten": "s-", "cross": "o-", "cross (zero-shot)": "o--", "cross (scratch)": "^:"}
+    # lines that overlap (cross and its zero-shot score near 1, flatten near chance) stay distinguishable: each
+    # variant has its own marker, fill and line style, and is shifted a few percent along the log-x axis
+    styles = {
+        "flatten": {"marker": "s", "linestyle": "-", "markerfacecolor": "none"},
+        "cross": {"marker": "o", "linestyle": "-"},
+        "cross (zero-shot)": {"marker": "D", "linestyle": "--", "markerfacecolor": "none", "markersize": 8},
+        "cross (scratch)": {"marker": "^", "linestyle": ":"},
+    }
+    shift = {"flatten": -1.5, "cross": -0.5, "cross (zero-shot)": 0.5, "cross (scratch)": 1.5}
+    # the variants near 1 overlap at full scale: an inset zooms on them
+    zoom = left.inset_axes((0.1, 0.4, 0.5, 0.42))
+    near_one = []
     for variant, values in acc.items():
         points = [(n, np.asarray(values[str(n)], dtype=float)) for n in sizes]
         points = [(n, v) for n, v in points if v.size and not np.isnan(v).all()]
-        if points:
-            left.errorbar(
-                [n for n, _ in points],
-                [v.mean() for _, v in points],
-                yerr=[v.std() for _, v in points],
-                fmt=styles.get(variant, "x-"),
-                capsize=3,
-                label=variant,
-            )
+        if not points:
+            continue
+        xs = [n * 2 ** (0.1 * shift.get(variant, 0.0)) for n, _ in points]
+        means = [np.nanmean(v) for _, v in points]
+        spread = [np.nanstd(v) if v.size > 1 else 0.0 for _, v in points]
+        style = styles.get(variant, {"marker": "x"})
+        left.errorbar(xs, means, yerr=spread, capsize=3, label=variant, **style)
+        if min(means) > 0.9:
+            near_one += means
+            zoom.errorbar(xs, means, yerr=spread, capsize=2, color=left.lines[-1].get_color(), **style)
     for strategy, values in params.items():
-        right.plot(sizes, [values[str(n)] for n in sizes], styles.get(strategy, "x-"), label=strategy)
-    left.plot(sizes, [np.mean(oracle[str(n)]) for n in sizes], "k:", label="nearest-key rule")
+        right.plot(sizes, [values[str(n)] for n in sizes], label=strategy, **styles.get(strategy, {"marker": "x"}))
+    rule = [np.mean(oracle[str(n)]) for n in sizes]
+    left.plot(sizes, rule, "k:", marker="x", label="nearest-key rule")
+    zoom.plot(sizes, rule, "k:", marker="x")
+    zoom.set_xscale("log", base=2)
+    zoom.set_xticks(list(sizes), [str(n) for n in sizes], fontsize=6)
+    zoom.tick_params(axis="y", labelsize=6)
+    low = min([*near_one, *rule])
+    zoom.set_ylim(low - 0.01, 1.002)
+    zoom.set_title("zoom near 1", fontsize=7)
     left.axhline(1 / DATA.num_classes, color="grey", linestyle="--", linewidth=1, label="chance")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("n source items")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center right" if ax is left else "best")
     left.set_ylim(0, 1.05)
     left.set_ylabel("test accuracy")
     right.set_yscale("log")

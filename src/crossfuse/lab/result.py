@@ -74,6 +74,7 @@ class Result:
              "tokens": ["there", "is", ...],           # the words one can click
              "attention": {"mean": [[gh*gw floats] per token],            # head/layer average
                            "layer 1 / head 2": [[gh*gw floats] per token], ...},
+             "methods": ["raw", "mean", "gradient"] (optional),  # heatmap methods, listed first; first = default
              "boxes": [{"label": "nodule", "xyxy": [x0, y0, x1, y1]}]   # ground truth, pixels
          }, ...]}
     """

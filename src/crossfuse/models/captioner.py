@@ -1,6 +1,8 @@
 """Image-to-report captioner: a patch encoder and a decoder of cross-attention blocks.
 
-The encoder turns an image into patch features (the *memory*); each decoder layer is a
+The encoder (``encoder="vit"``: `PatchEncoder`, global self-attention, optionally with register
+tokens; ``encoder="local"``: `LocalPatchEncoder`, receptive field of a few patches) turns an image
+into patch features (the *memory*); each decoder layer is a
 `CrossAttentionBlock`: causal self-attention over the tokens so far, cross-attention into the
 memory, MLP (the encoder-decoder transformer of Vaswani et al., 2017; image captioning with
 attention over regions: Xu et al., 2015). ``memory="pooled"`` replaces the patch features by
@@ -9,7 +11,7 @@ of the gradient-highway experiment).
 
 Training is teacher forcing (`CaptionObjective`): the decoder reads ``[BOS, w1, ..., wn]`` and
 predicts ``[w1, ..., wn, EOS]``. Generation lives in `crossfuse.models.decoding`.
-Checkpoints are a directory with ``config.json`` and ``model.safetensors`` (no pickle).
+Checkpoints: `crossfuse.checkpoint.save_captioner` / `load_captioner` (safetensors + JSON, no pickle).
 
 Shapes:
     images: (B, C, H, W)  tokens: (B, T) long  ->  logits: (B, T, V)
@@ -20,25 +22,21 @@ Shapes:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from crossfuse.attention import KVCache
 from crossfuse.blocks import AttentionLayers, CrossAttentionBlock, select_layers
-from crossfuse.checkpoint import read_tensors
-from crossfuse.data.radiographs import Vocabulary
+from crossfuse.models.local_encoder import LocalPatchEncoder
 from crossfuse.models.patch_encoder import PatchEncoder
 from crossfuse.validation import check_tensor
 
-CHECKPOINT_FORMAT = "crossfuse-captioner/1"
+ENCODERS = ("vit", "local")
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ class CaptionerConfig:
     dropout: float = 0.0
     max_len: int = 48
     memory: str = "patches"  # "patches" (cross-attention into every patch) | "pooled" (one mean vector)
+    encoder: str = "vit"  # "vit" (global self-attention, `PatchEncoder`) | "local" (`LocalPatchEncoder`)
+    registers: int = 0  # ViT register tokens, dropped from the memory (encoder="vit" only)
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -64,6 +64,12 @@ class CaptionerConfig:
     def __post_init__(self) -> None:
         if self.memory not in ("patches", "pooled"):
             raise ValueError(f"memory: expected 'patches' or 'pooled', got {self.memory!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder: expected one of {ENCODERS}, got {self.encoder!r}")
+        if self.registers < 0 or (self.registers and self.encoder != "vit"):
+            raise ValueError(
+                f"registers: expected >= 0 and only with encoder='vit', got {self.registers} with {self.encoder!r}"
+            )
         if self.vocab_size <= max(self.pad_id, self.bos_id, self.eos_id):
             raise ValueError(f"vocab_size: expected > special token ids, got {self.vocab_size}")
 
@@ -107,9 +113,23 @@ class Captioner(nn.Module):
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         c = self.config = config
-        self.encoder = PatchEncoder(
-            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.num_heads, c.mlp_ratio, c.dropout
-        )
+        self.encoder: PatchEncoder | LocalPatchEncoder
+        if c.encoder == "local":
+            self.encoder = LocalPatchEncoder(
+                c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
+            )
+        else:
+            self.encoder = PatchEncoder(
+                c.image_size,
+                c.patch_size,
+                c.in_channels,
+                c.dim,
+                c.encoder_layers,
+                c.num_heads,
+                c.mlp_ratio,
+                c.dropout,
+                registers=c.registers,
+            )
         self.token_embed = nn.Embedding(c.vocab_size, c.dim)
         self.pos_embed = nn.Embedding(c.max_len, c.dim)
         nn.init.normal_(self.token_embed.weight, std=0.02)
@@ -230,34 +250,3 @@ class CaptionObjective:
         model.train(was_training)
         accuracy = correct / max(count, 1)
         return {"loss": total / max(count, 1), "token_accuracy": accuracy, "score": accuracy}
-
-
-def save_captioner(directory: Path, model: Captioner, vocab: Vocabulary) -> Path:
-    """Write ``config.json`` (model config + vocabulary) and ``model.safetensors`` into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    record = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "vocab": vocab.tokens}
-    (directory / "config.json").write_text(json.dumps(record, indent=2))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    return directory
-
-
-def load_captioner(directory: Path, device: str = "cpu") -> tuple[Captioner, Vocabulary]:
-    """Read a directory written by `save_captioner`; the model comes back in eval mode."""
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(
-            f"run: no captioner in {str(directory)!r} (expected config.json and model.safetensors; "
-            f"create one with `crossfuse caption-train --out {directory}`)"
-        )
-    try:
-        record = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"run: {str(config_path)!r} is not valid JSON ({error})") from None
-    if record.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"run: expected format {CHECKPOINT_FORMAT!r} in {config_path}, got {record.get('format')!r}")
-    model = Captioner(CaptionerConfig(**record["config"]))
-    model.load_state_dict(read_tensors(weights_path, device))  # refuses a damaged file or NaN weights
-    return model.to(device).eval(), Vocabulary(record["vocab"])

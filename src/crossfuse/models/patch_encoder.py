@@ -6,6 +6,11 @@ it), so overall brightness and contrast need not be learned. A strided convoluti
 sits, and pre-norm `SelfAttentionBlock`s let the patches look at each other. Patches are numbered
 row by row, so feature ``n`` belongs to grid cell ``(n // gw, n % gw)``.
 
+``registers`` > 0 appends that many learned register tokens to the sequence the self-attention
+blocks see and drops them from the output, so a decoder never attends to them: they give global
+information a place to live other than background patches (Darcet et al., 2024, "Vision
+Transformers Need Registers").
+
 Shapes: images: (B, C, H, W)  ->  patches: (B, N, D) with N = (H / P) * (W / P).
 """
 
@@ -29,6 +34,7 @@ class PatchEncoder(nn.Module):
         depth: number of `SelfAttentionBlock`s.
         num_heads, mlp_ratio, dropout: as in `SelfAttentionBlock`.
         standardize: standardise each image (zero mean, unit variance) before the patch embedding.
+        registers: learned register tokens seen by the blocks and dropped from the output.
 
     Shapes: images: (B, C, H, W)  ->  (B, N, D).
     """
@@ -44,10 +50,13 @@ class PatchEncoder(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         standardize: bool = True,
+        registers: int = 0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        if registers < 0:
+            raise ValueError(f"registers: expected >= 0, got {registers}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.standardize = standardize
         self.grid = (image_size // patch_size, image_size // patch_size)
@@ -55,6 +64,8 @@ class PatchEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        # Only created when asked for, so a register-free encoder keeps its state dict.
+        self.registers = nn.Parameter(torch.randn(1, registers, dim) * 0.02) if registers else None
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
@@ -68,13 +79,17 @@ class PatchEncoder(nn.Module):
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
         x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        if self.registers is not None:
+            x = torch.cat([x, self.registers.expand(x.shape[0], -1, -1)], dim=1)  # (B, N + R, D)
         for block in self.blocks:
             x = block(x).x
-        return self.norm(x)
+        return self.norm(x[:, : self.num_patches])
 
     def layers(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per encoder layer, input to output: ``embed`` (patch + position), ``block 1``, ..."""
         groups = {"embed": [*self.patch_embed.parameters(), self.pos_embed]}
+        if self.registers is not None:
+            groups["embed"].append(self.registers)
         for i, block in enumerate(self.blocks, start=1):
             groups[f"block {i}"] = list(block.parameters())
         return groups

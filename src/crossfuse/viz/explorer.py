@@ -76,9 +76,13 @@ def example_problems(example: Any) -> list[str]:
     return problems
 
 
-def _views(attention: dict[str, Any]) -> list[str]:
-    """Selector order: "mean" first (the default), then the layers/heads in the order given."""
-    return sorted(attention, key=lambda view: view != "mean")
+def _views(example: dict[str, Any]) -> list[str]:
+    """Selector order: the example's heatmap ``methods`` (default ``["mean"]``; the first is shown first),
+    then the other views (layers/heads) in the order given."""
+    attention = example["attention"]
+    methods = example.get("methods") or ["mean"]
+    first = [m for m in methods if m in attention]
+    return first + [v for v in attention if v not in first]
 
 
 def _example_html(index: int, example: dict[str, Any], labels: tuple[str, str]) -> str:
@@ -91,7 +95,7 @@ def _example_html(index: int, example: dict[str, Any], labels: tuple[str, str]) 
         picture = f'<img class="ex-image" src="{escape(image)}" alt="example {index + 1}" {size}>'
     else:
         picture = f'<div class="ex-image ex-missing" {size}>image missing (expected a data:image URI)</div>'
-    options = "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in _views(example["attention"]))
+    options = "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in _views(example))
     words = " ".join(
         f'<button type="button" class="tok" data-token="{j}">{escape(token)}</button>'
         for j, token in enumerate(example["tokens"])
@@ -102,7 +106,7 @@ def _example_html(index: int, example: dict[str, Any], labels: tuple[str, str]) 
         f'<div class="ex-view" style="width:{round(width * scale)}px;height:{round(height * scale)}px">{picture}',
         f'<canvas class="heat" width="{width * resolution}" height="{height * resolution}"></canvas></div>',
         '<figcaption class="ex-side">',
-        f'<label>layer / head <select class="head">{options}</select></label>',
+        f'<label>heatmap <select class="head">{options}</select></label>',
         f'<p class="tokens"><span class="k">{escape(labels[0])}:</span> {words}</p>',
     ]
     if text.split() != list(example["tokens"]):
