@@ -15,10 +15,18 @@ Prints two markdown tables; never asserts on time.
    version's N x N score matrices fail to allocate instead of swapping or waking the OOM killer
    on a shared machine; the table gives the megabytes they would have needed.
 
+3. The weights path (``--tables weights``): ``CrossAttention(return_attention=True)`` against
+   ``nn.MultiheadAttention(need_weights=True, average_attn_weights=False)`` (both return the
+   (B, H, Nq, Nk) weights) at (B, Nq, Nk) = (8, 256, 1024) and (2, 1024, 4096), without a mask and
+   with the last 25% of the keys padded, forward (no grad) and forward+backward. Timed interleaved
+   (A, B, A, B, ...), median of the repeats; ``--clock cpu --threads 1`` times CPU seconds of one
+   thread (``time.process_time``), which a machine loaded by other work disturbs least.
+
 Usage:
     python benchmarks/attention.py            # full: more repeats (a few minutes on 2 CPU cores)
     python benchmarks/attention.py --quick    # fewer repeats
     python benchmarks/attention.py --device cuda
+    python benchmarks/attention.py --tables weights --clock cpu --threads 1
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ REPEATS = {"full": (21, 12, 6), "quick": (6, 3, 3)}
 MEMORY_LENGTHS = (4096, 8192, 16384)
 TARGET_RATIO = 1.05
 IMPLS = ("CrossAttention", "MHA", "naive")
+WEIGHT_SHAPES = [(8, 256, 1024), (2, 1024, 4096)]  # (B, Nq, Nk), D = 512, H = 8
+WEIGHT_REPEATS = {"full": (9, 5), "quick": (5, 3)}
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def naive_attention(attn: CrossAttention, query: Tensor, context: Tensor) -> Tensor:
@@ -63,6 +74,11 @@ def naive_attention(attn: CrossAttention, query: Tensor, context: Tensor) -> Ten
     return attn.to_out(torch.einsum("bhqk,bkhd->bqhd", weights, v).flatten(2))
 
 
+def dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (SDPA's flash and memory-efficient kernels), float32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def build(device: torch.device) -> tuple[CrossAttention, nn.MultiheadAttention]:
     """A `CrossAttention` and an `nn.MultiheadAttention` with identical weights (D=512, H=8)."""
     torch.manual_seed(0)
@@ -73,7 +89,8 @@ def build(device: torch.device) -> tuple[CrossAttention, nn.MultiheadAttention]:
         mha.in_proj_bias.copy_(torch.cat([attn.to_q.bias, attn.to_k.bias, attn.to_v.bias]))
         mha.out_proj.weight.copy_(attn.to_out.weight)
         mha.out_proj.bias.copy_(attn.to_out.bias)
-    return attn.to(device).eval(), mha.to(device).eval()
+    dtype = dtype_for(device)
+    return attn.to(device, dtype).eval(), mha.to(device, dtype).eval()
 
 
 def calls(attn: CrossAttention, mha: nn.MultiheadAttention) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
@@ -84,7 +101,12 @@ def calls(attn: CrossAttention, mha: nn.MultiheadAttention) -> dict[str, Callabl
     }
 
 
-def round_robin(fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+def round_robin(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median seconds per call of each function; one warm-up call each, then ``repeats`` interleaved rounds.
 
     The order rotates from round to round so that no function always runs first (e.g. right after
@@ -96,11 +118,11 @@ def round_robin(fns: dict[str, Callable[[], object]], repeats: int, sync: Callab
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             fn = fns[name]
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
             if round_:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -112,7 +134,7 @@ def timed_calls(
     backward: bool,
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument calls to time: a no-grad forward, or forward + gradients w.r.t. inputs and own weights."""
-    grad_out = torch.ones(query.shape[0], query.shape[1], MODEL_DIM, device=query.device)
+    grad_out = torch.ones(query.shape[0], query.shape[1], MODEL_DIM, device=query.device, dtype=query.dtype)
 
     def forward(fn: Callable[[Tensor, Tensor], Tensor]) -> object:
         with torch.no_grad():
@@ -126,7 +148,7 @@ def timed_calls(
     return {name: partial(forward, fn) for name, fn in impls.items()}
 
 
-def speed_table(device: torch.device, size: str) -> list[str]:
+def speed_table(device: torch.device, size: str, clock: Callable[[], float] = time.perf_counter) -> list[str]:
     attn, mha = build(device)
     impls = calls(attn, mha)
     weights = {name: list((mha if name == "MHA" else attn).parameters()) for name in IMPLS}
@@ -142,14 +164,14 @@ def speed_table(device: torch.device, size: str) -> list[str]:
         if heads != HEADS or heads * dh != MODEL_DIM:
             raise ValueError(f"SHAPES: expected H={HEADS} and H*dh={MODEL_DIM}, got {shape}")
         torch.manual_seed(1)
-        query = torch.randn(batch, n_query, MODEL_DIM, device=device, requires_grad=True)
-        context = torch.randn(batch, n_key, MODEL_DIM, device=device, requires_grad=True)
+        query = torch.randn(batch, n_query, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
+        context = torch.randn(batch, n_key, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
         with torch.no_grad():
             outs = {name: fn(query, context) for name, fn in impls.items()}
         diff = max((outs[name] - outs["MHA"]).abs().max().item() for name in ("CrossAttention", "naive"))
         del outs
         for label, backward in (("forward", False), ("fwd+bwd", True)):
-            t = round_robin(timed_calls(impls, weights, query, context, backward), repeats, sync)
+            t = round_robin(timed_calls(impls, weights, query, context, backward), repeats, sync, clock)
             ratio = t["CrossAttention"] / t["MHA"]
             mark = "ok" if ratio <= TARGET_RATIO else "MISSED"
             rows.append(
@@ -158,6 +180,67 @@ def speed_table(device: torch.device, size: str) -> list[str]:
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def weights_table(device: torch.device, size: str, clock: Callable[[], float]) -> list[str]:
+    """CrossAttention's weights path against MHA's (both return per-head weights); see the docstring."""
+    attn, mha = build(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = [
+        "| (B, Nq, Nk) | mask | pass | CrossAttention + weights ms | MHA + weights ms | ratio (target <= 1.0) "
+        "| max abs diff of weights |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    print("\n".join(rows), flush=True)
+    for (batch, n_query, n_key), repeats in zip(WEIGHT_SHAPES, WEIGHT_REPEATS[size], strict=True):
+        torch.manual_seed(1)
+        query = torch.randn(batch, n_query, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
+        context = torch.randn(batch, n_key, MODEL_DIM, device=device, dtype=dtype_for(device), requires_grad=True)
+        for padded in (False, True):
+            valid = torch.ones(batch, n_key, dtype=torch.bool, device=device)
+            if padded:
+                valid[:, n_key - n_key // 4 :] = False
+            ours = partial(attn, query, context, context_mask=valid if padded else None, return_attention=True)
+            theirs = partial(
+                mha,
+                query,
+                context,
+                context,
+                key_padding_mask=~valid if padded else None,
+                need_weights=True,
+                average_attn_weights=False,
+            )
+            with torch.no_grad():
+                diff = (ours()[1] - theirs()[1]).abs().max().item()
+            params = {"CrossAttention": list(attn.parameters()), "MHA": list(mha.parameters())}
+            for label, backward in (("forward", False), ("fwd+bwd", True)):
+                fns = {"CrossAttention": ours, "MHA": theirs}
+                timed = {name: _weights_call(fn, backward, [query, context, *params[name]]) for name, fn in fns.items()}
+                t = round_robin(timed, repeats, sync, clock)
+                ratio = t["CrossAttention"] / t["MHA"]
+                rows.append(
+                    f"| ({batch}, {n_query}, {n_key}) | {'25% padding' if padded else 'none'} | {label} "
+                    f"| {1e3 * t['CrossAttention']:.1f} | {1e3 * t['MHA']:.1f} "
+                    f"| {ratio:.2f} {'ok' if ratio <= 1.0 else 'MISSED'} | {diff:.1e} |"
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def _weights_call(
+    fn: Callable[[], tuple[Tensor, Tensor]], backward: bool, inputs: list[Tensor]
+) -> Callable[[], object]:
+    """A no-grad forward, or forward + gradients of (output + weights) w.r.t. inputs and parameters."""
+
+    def forward() -> object:
+        with torch.no_grad():
+            return fn()
+
+    def forward_backward() -> object:
+        out, weights = fn()
+        return torch.autograd.grad(out.sum() + weights.sum(), inputs)
+
+    return forward_backward if backward else forward
 
 
 def peak_rss_bytes() -> int:
@@ -181,7 +264,7 @@ def memory_child(impl: str, length: int, device: torch.device, cap_gb: float) ->
     attn, mha = build(device)
     fn = calls(attn, mha)[impl]
     torch.manual_seed(1)
-    x = torch.randn(1, length, MODEL_DIM, device=device)
+    x = torch.randn(1, length, MODEL_DIM, device=device, dtype=dtype_for(device))
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -250,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--memory-cap-gb", type=float, default=8.0, help="address-space cap of the CPU memory runs")
+    parser.add_argument("--tables", default="speed,memory", help="comma-separated: speed, memory, weights")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="wall seconds or CPU seconds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda"):
@@ -262,17 +348,28 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_child(impl, int(length), device, args.memory_cap_gb)))
         return
 
+    tables = {t.strip() for t in args.tables.split(",") if t.strip()}
+    if not tables or tables - {"speed", "memory", "weights"}:
+        raise SystemExit(f"--tables: expected names from speed, memory, weights; got {args.tables!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = "quick" if args.quick else "full"
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# crossfuse attention benchmark ({size})")
     print(
         f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads, "
-        f"D = H * dh = {MODEL_DIM}, float32, median of {REPEATS[size]} repeats per shape, "
+        f"D = H * dh = {MODEL_DIM}, {dtype_for(device)}, median of {REPEATS[size]} repeats per shape, "
         f"load average at start {os.getloadavg()[0]:.1f}\n"
     )
-    speed_table(device, size)
-    print(f"\nPeak memory of one forward, B=1, H={HEADS}, dh={HEAD_DIM}, each in a fresh subprocess:\n")
-    memory_table(device, args.memory_cap_gb)
+    clock = CLOCKS[args.clock]
+    if "speed" in tables:
+        speed_table(device, size, clock)
+    if "weights" in tables:
+        print(f"\nWeights path, D = {MODEL_DIM}, H = {HEADS}, {args.clock} clock, median of the repeats:\n")
+        weights_table(device, size, clock)
+    if "memory" in tables:
+        print(f"\nPeak memory of one forward, B=1, H={HEADS}, dh={HEAD_DIM}, each in a fresh subprocess:\n")
+        memory_table(device, args.memory_cap_gb)
 
 
 if __name__ == "__main__":

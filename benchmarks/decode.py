@@ -8,11 +8,13 @@ produce the same tokens; the script checks it and prints a table (median of ``--
 Weights are random: the cost of a step does not depend on them.
 
     .venv/bin/python benchmarks/decode.py [--batch 8] [--layers 2] [--dim 128] [--repeats 3]
+    .venv/bin/python benchmarks/decode.py --device cuda   # bf16 autocast (unmeasured so far)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -26,13 +28,16 @@ from crossfuse.models.decoding import beam_search, greedy_decode
 TOKENS = 64
 
 
-def timed(fn, repeats: int):
+def timed(fn, repeats: int, device: torch.device | None = None):
     """Median wall time of ``repeats`` calls (after one warm-up) and the last output."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     out = fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         out = fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -45,7 +50,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--beam", type=int, default=3, help="beam size of the beam-search rows (0: skip them)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bf16 autocast)")
     args = parser.parse_args()
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device: expected 'cpu' or an available 'cuda', got {args.device!r}")
+    device = torch.device(args.device)
+    precision = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     torch.manual_seed(0)
     config = CaptionerConfig(
@@ -58,21 +68,22 @@ def main() -> None:
         num_heads=args.heads,
         max_len=TOKENS + 1,
     )
-    model = Captioner(config).eval()
-    images = torch.rand(args.batch, 1, 128, 128)
+    model = Captioner(config).eval().to(device)
+    images = torch.rand(args.batch, 1, 128, 128, device=device)
     patches = model.encoder.num_patches
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"# decode benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or 'cpu'}, load average {load:.1f}"
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+        f"load average {load:.1f}"
     )
     print(
         f"# {args.batch} images x {patches} patches, dim {args.dim}, {args.layers} decoder layers, "
         f"{TOKENS} tokens each (EOS ignored), median of {args.repeats}"
     )
 
-    with torch.no_grad():
-        t_encode, memory = timed(lambda: model.encode(images), args.repeats)
+    with torch.no_grad(), precision:
+        t_encode, memory = timed(lambda: model.encode(images), args.repeats, device)
 
     def greedy(use_cache: bool):
         return greedy_decode(model, images, TOKENS, use_cache=use_cache, ignore_eos=True, memory=memory)
@@ -85,8 +96,9 @@ def main() -> None:
     for name, decode, hypotheses in modes:
         if hypotheses > 1:  # beam search stops once `beam` hypotheses end: keep them all open to 64 tokens
             model.head.bias.data[config.eos_id] = -1e4
-        t_cached, cached = timed(lambda decode=decode: decode(True), args.repeats)
-        t_plain, plain = timed(lambda decode=decode: decode(False), args.repeats)
+        with precision:
+            t_cached, cached = timed(lambda decode=decode: decode(True), args.repeats, device)
+            t_plain, plain = timed(lambda decode=decode: decode(False), args.repeats, device)
         same = cached.tokens == plain.tokens and all(len(t) == TOKENS for t in cached.tokens)
         rows.append((name, t_plain, t_cached, args.batch * hypotheses * TOKENS, same))
 

@@ -42,6 +42,10 @@ class KVCache:
         """Number of cached key positions (0 when empty)."""
         return 0 if self.key is None else self.key.shape[2]
 
+    def reset(self) -> None:
+        """Forget the cached keys, values and mask (start a new sequence; ``static`` is kept)."""
+        self.key = self.value = self.mask = None
+
     def reorder(self, index: Tensor) -> None:
         """Select batch rows in place, e.g. the surviving hypotheses of a beam search.
 
@@ -105,6 +109,13 @@ class CrossAttention(nn.Module):
         out_dim: int | None = None,
     ) -> None:
         super().__init__()
+        for arg, value in (("query_dim", query_dim), ("context_dim", context_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg}: expected an integer >= 1, got {value!r}")
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
+            raise ValueError(f"head_dim: expected an integer >= 1 or None, got {head_dim!r}")
+        if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         if head_dim is None:
             if query_dim % num_heads:
                 raise ValueError(
@@ -155,19 +166,14 @@ class CrossAttention(nn.Module):
             valid_rows = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=q.device)
         dropout_p = self.dropout if self.training else 0.0
         if return_attention:
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            if valid_rows is not None:
-                weights = weights.masked_fill(~valid_rows, 0.0)
-            heads = F.dropout(weights, dropout_p, self.training) @ v
+            weights = attention_weights(q, k, mask, valid_rows)
+            heads = (F.dropout(weights, dropout_p, self.training) if dropout_p else weights) @ v
         else:
             use_causal_flag = causal and mask is None
             heads = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=use_causal_flag
             )
-        out = self.to_out(heads.transpose(1, 2).reshape(batch, n_query, -1))
+        out = self.to_out(heads.transpose(1, 2).reshape(batch, n_query, self.num_heads * self.head_dim))
         if valid_rows is not None:
             out = out.masked_fill(~valid_rows[:, 0], 0.0)  # (B|1, Nq|1, 1) broadcasts over D
         if return_attention:
@@ -187,6 +193,8 @@ class CrossAttention(nn.Module):
         if cache is not None and cache.static and cache.key is not None:
             return cache.key, cache.value, cache.mask
         source = query if context is None else context
+        if context_mask is not None:  # padding may hold anything (NaN, inf): 0 * NaN would leak through the weights
+            source = source.masked_fill(~context_mask[:, :, None], 0.0)
         k, v = self._split_heads(self.to_k(source)), self._split_heads(self.to_v(source))
         if cache is None:
             return k, v, context_mask
@@ -202,6 +210,12 @@ class CrossAttention(nn.Module):
     ) -> None:
         sizes: dict[str, int] = {}
         check_tensor("query", query, ("B", "Nq", self.query_dim), sizes, dtype="float")
+        weight = self.to_q.weight
+        if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
+            raise ValueError(
+                f"query: expected dtype {weight.dtype} (the module's parameters), got {query.dtype}; "
+                "call .to(dtype) on the module or the input, or run under torch.autocast"
+            )
         reuse_static = cache is not None and cache.static and cache.key is not None
         if context is None and not reuse_static and self.context_dim != self.query_dim:
             raise ValueError(
@@ -210,6 +224,11 @@ class CrossAttention(nn.Module):
             )
         if context is not None and not reuse_static:
             check_tensor("context", context, ("B", "Nk", self.context_dim), sizes, dtype="float")
+            if context.dtype != query.dtype and not torch.is_autocast_enabled(query.device.type):
+                raise ValueError(
+                    f"context: expected dtype {query.dtype} (the query's), got {context.dtype}; "
+                    "cast one of them or run under torch.autocast"
+                )
         elif reuse_static:
             sizes["Nk"] = cache.length
             if cache.key.shape[0] != sizes["B"]:
@@ -240,6 +259,56 @@ class CrossAttention(nn.Module):
             ):
                 raise ValueError(f"attn_mask: expected shape {expected}, got {tuple(attn_mask.shape)}")
             check_tensor("attn_mask", attn_mask, (None, sizes["Nq"], n_keys), dtype="bool")  # rank, type, dtype
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, valid_rows: Tensor | None = None) -> Tensor:
+    """Attention weights ``softmax(q k^T / sqrt(d_head))`` with masked keys at 0.
+
+    Shapes:
+        q: (B, H, Nq, dh)  k: (B, H, Nk, dh)  mask: (B|1, 1|H, Nq|1, Nk) bool, True = attend, or None
+        valid_rows: (B|1, 1, Nq|1, 1) bool, False = the row has no key (its weights are set to 0)
+        ->  weights: (B, H, Nq, Nk)
+
+    The same math as MHA's ``need_weights=True`` path, at its speed: the scale is folded into ``q``
+    (Nq x dh, not Nq x Nk multiplications), the scores are the one (B, H, Nq, Nk) buffer, masked and
+    soft-maxed in place when no gradient is needed. Rows of ``mask`` must have a True somewhere (the
+    caller gives fully masked rows every key and passes ``valid_rows``), so no row is 0/0.
+    Under ``torch.compile``/``torch.export`` plain out-of-place ops are used (no in-place tracing).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, n_query, dh = q.shape
+    n_key = k.shape[2]
+    plain = torch.compiler.is_compiling()
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    if plain:
+        scores = (q * scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        if valid_rows is not None:
+            weights = weights.masked_fill(~valid_rows, 0.0)
+        return weights
+    # One (B*H, Nq, Nk) buffer from the pre-scaled queries. A key-padding mask (no Nq axis) becomes an
+    # additive (B*H, 1, Nk) bias of baddbmm, as in MHA: nothing to mask in place, nothing to undo in backward.
+    q3 = (q * scale).reshape(batch * heads, n_query, dh)
+    k3 = k.reshape(batch * heads, n_key, dh).transpose(1, 2)
+    if mask is not None and mask.shape[2] == 1:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        scores = torch.baddbmm(bias.expand(batch, heads, 1, n_key).reshape(batch * heads, 1, n_key), q3, k3)
+        scores = scores.view(batch, heads, n_query, n_key)
+    else:
+        scores = torch.bmm(q3, k3).view(batch, heads, n_query, n_key)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))  # safe under autograd: bmm does not save its output
+    if needs_grad:
+        weights = scores.softmax(dim=-1)  # softmax saves its output for backward: no in-place after it
+        if valid_rows is not None and not bool(valid_rows.all()):
+            weights = weights.masked_fill(~valid_rows, 0.0)
+        return weights
+    torch.softmax(scores, dim=-1, out=scores)
+    if valid_rows is not None:
+        scores.masked_fill_(~valid_rows, 0.0)
+    return scores
 
 
 def _combine_masks(

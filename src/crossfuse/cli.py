@@ -25,6 +25,7 @@ ARGUMENT_ALIASES = {
     "checkpoint_every_steps": "checkpoint_every",
     "num_heads": "heads",
     "num_layers": "layers",
+    "num_seeds": "seeds",
     "directory": "run",
 }
 # Library names that are not the flag of the same name (crossfuse.checkpoint's "checkpoint: <file>: ..." names a file).

@@ -64,7 +64,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     names = resolve_names([one], "NAME") if one else resolve_names(args.only)
     set_threads(args.threads)
     started = time.monotonic()
-    lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out)
+    jobs = int(args.jobs) if str(args.jobs).lstrip("-").isdigit() else args.jobs  # run_lab checks the value
+    lab = run_lab(names, size=args.size, seed=args.seed, num_seeds=args.seeds, out=args.out, jobs=jobs)
     report = write_report(lab.out)
     return _print_lab_end(lab, report, started)
 
@@ -102,6 +103,7 @@ def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
         "torch CPU threads (the lab's models are small, and more threads on a busy CPU slow them down)",
         type=int,
     )
+    add("--jobs", "auto", "experiments at once in worker processes: N, or auto (2 when two cores are idle, else 1)")
 
 
 def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:

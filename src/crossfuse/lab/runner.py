@@ -1,4 +1,4 @@
-"""Runs lab experiments one after another: progress display, per-experiment logs, failures, ``results.json``.
+"""Runs lab experiments, one after another or ``jobs`` at a time in worker processes: progress, logs, failures.
 
 An experiment that raises, returns something that is not a `Result`, or whose module is missing is
 recorded as failed with its error and traceback; the others still run. Nothing written before is lost:
@@ -13,38 +13,55 @@ Layout of an output directory::
 ``results.json`` is rewritten after each experiment, so an interrupted run keeps what finished. The HTML
 report is rendered from it by `crossfuse.viz.html.write_report` (the report layer sits above the lab).
 
-Shapes: no tensors; ``run_lab(names, size, seed, num_seeds, out)  ->  LabRun`` (records in run order).
+Each experiment is seeded before it starts, so a parallel run gives the results of a serial one. Expected
+times (``Plan.expected_s``, measured on `crossfuse.lab.result.REFERENCE_MACHINE`) are scaled by a speed
+probe (`crossfuse.lab.speed`); the records and the run's environment live in `crossfuse.lab.records`.
+
+Shapes: no tensors; ``run_lab(names, size, seed, num_seeds, out, jobs)  ->  LabRun`` (records in ``names`` order).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
+import multiprocessing
 import os
-import platform
-import re
-import shutil
-import subprocess
+import random
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossfuse.atomic import atomic_write_text
 from crossfuse.embed import jsonable
 from crossfuse.lab import result as lab_result
+from crossfuse.lab.progress import ParallelProgress, ProgressDisplay
+from crossfuse.lab.records import (
+    RESULTS_FORMAT,
+    ExperimentRecord,
+    LabRun,
+    environment,
+    new_output_dir,
+    safe_filename,
+)
 from crossfuse.lab.result import SIZES, Result, Size
+from crossfuse.lab.speed import SpeedProbe, speed_factor
 
-RESULTS_FORMAT = 1
-"""Version of the ``results.json`` layout (bump on incompatible changes)."""
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+__all__ = [
+    "RESULTS_FORMAT",
+    "ExperimentRecord",
+    "LabRun",
+    "ProgressDisplay",
+    "auto_jobs",
+    "environment",
+    "new_output_dir",
+    "resolve_jobs",
+    "run_lab",
+    "safe_filename",
+]
 
 
 def expected_seconds(name: str, size: Size) -> float | None:
@@ -53,252 +70,6 @@ def expected_seconds(name: str, size: Size) -> float | None:
         return lab_result.resolve_plan(lab_result.load_experiment(name), size).expected_s
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-@dataclass
-class ExperimentRecord:
-    """How one experiment went: ``status`` "ok" or "failed", its `Result` (if any), error and files."""
-
-    name: str
-    status: str
-    wall_time_s: float
-    result: Result | None = None
-    error: str | None = None
-    traceback: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    log: str = ""
-    figure_files: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "wall_time_s": self.wall_time_s,
-            "error": self.error,
-            "traceback": self.traceback,
-            "warnings": self.warnings,
-            "log": self.log,
-            "figure_files": self.figure_files,
-            "interrupted": self.interrupted,
-            "result": None if self.result is None else self.result.to_json(),
-        }
-
-
-@dataclass
-class LabRun:
-    """A whole lab run: where it was written, the settings, the environment and every record."""
-
-    out: Path
-    size: Size
-    seed: int
-    num_seeds: int | None
-    environment: dict[str, Any]
-    records: list[ExperimentRecord] = field(default_factory=list)
-    started: str = ""
-    wall_time_s: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.name for r in self.records if r.status != "ok"]
-
-    @property
-    def results_path(self) -> Path:
-        return self.out / "results.json"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": RESULTS_FORMAT,
-            "started": self.started,
-            "wall_time_s": self.wall_time_s,
-            "interrupted": self.interrupted,
-            "size": self.size,
-            "seed": self.seed,
-            "num_seeds": self.num_seeds,
-            "environment": self.environment,
-            "experiments": [r.to_json() for r in self.records],
-        }
-
-    def save(self) -> Path:
-        """Write ``results.json`` atomically (a reader never sees half a file)."""
-        return atomic_write_text(self.results_path, json.dumps(jsonable(self.to_json()), indent=2))
-
-
-def safe_filename(name: str) -> str:
-    """``name`` reduced to ``[A-Za-z0-9_.-]`` without leading dots, so it stays inside its directory."""
-    cleaned = _SAFE_NAME.sub("_", str(name)).lstrip(".")
-    return cleaned or "_"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output directory and environment
-
-
-def new_output_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
-    """Create the output directory: ``out`` if it is new or empty, else ``<root>/lab-<timestamp>[-k]``.
-
-    Never reuses a non-empty directory: a user's earlier results are not overwritten.
-    """
-    if out is not None:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"out: {str(path)!r} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            raise FileExistsError(
-                f"out: directory {str(path)!r} exists and is not empty; expected a new or empty directory "
-                "(earlier results are never overwritten)"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 1000):
-        path = root / (f"lab-{stamp}" if k == 1 else f"lab-{stamp}-{k}")
-        try:
-            path.mkdir()  # atomic: two runs started in the same second get different directories
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"out: could not create a new directory under {str(root)!r}")
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _git_commit() -> str | None:
-    """The commit of the crossfuse checkout (``+dirty`` with uncommitted changes), None outside git."""
-    where = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
-
-
-def environment(size: Size, seed: int, num_seeds: int | None) -> dict[str, Any]:
-    """What a reader needs to reproduce the run: versions, CPU, threads, settings, date, git commit."""
-    import numpy
-    import torch
-
-    import crossfuse
-
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "crossfuse": getattr(crossfuse, "__version__", "unknown"),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "seed": seed,
-        "size": size,
-        "num_seeds": num_seeds,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Progress display
-
-
-class ProgressDisplay:
-    """One line per experiment: name, current stage, elapsed / expected seconds.
-
-    On a terminal the line updates in place (redrawn twice a second); otherwise plain lines are printed
-    when the stage changes, at most one every ``min_interval_s`` so a chatty experiment cannot flood a log.
-    """
-
-    def __init__(self, total: int, stream: TextIO | None = None, tty: bool | None = None, min_interval_s: float = 2.0):
-        self.total = total
-        self.stream = stream if stream is not None else sys.stdout
-        self.tty = bool(tty if tty is not None else getattr(self.stream, "isatty", lambda: False)())
-        self.min_interval_s = min_interval_s
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
-        self._index = 0
-        self._name = ""
-        self._stage = ""
-        self._expected: float | None = None
-        self._t0 = 0.0
-        self._last_print = -math.inf
-
-    def _prefix(self) -> str:
-        return f"[{self._index}/{self.total}] {self._name}"
-
-    def _timing(self) -> str:
-        elapsed = time.monotonic() - self._t0
-        expected = f"~{self._expected:.0f}s" if self._expected is not None else "?"
-        return f"{elapsed:6.1f}s / {expected}"
-
-    def _redraw(self, final: str | None = None) -> None:
-        width = shutil.get_terminal_size((100, 20)).columns
-        text = f"{self._prefix():<26} {self._timing():>16}  {final if final is not None else self._stage}"
-        self.stream.write("\r\x1b[2K" + text[: max(width - 1, 20)] + ("\n" if final is not None else ""))
-        self.stream.flush()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(0.5):
-            with self._lock:
-                self._redraw()
-
-    def start(self, index: int, name: str, expected_s: float | None) -> None:
-        with self._lock:
-            self._index, self._name, self._expected = index, name, expected_s
-            self._stage, self._t0, self._last_print = "starting", time.monotonic(), -math.inf
-            if self.tty:
-                self._redraw()
-            else:
-                expected = f"~{expected_s:.0f}s" if expected_s is not None else "unknown"
-                self._write(f"{self._prefix()}: started (expected {expected})")
-        if self.tty:
-            self._stop.clear()
-            self._ticker = threading.Thread(target=self._tick, daemon=True)
-            self._ticker.start()
-
-    def stage(self, text: str) -> None:
-        with self._lock:
-            self._stage = " ".join(str(text).split())[:200]
-            if self.tty:
-                self._redraw()
-            elif time.monotonic() - self._last_print >= self.min_interval_s:
-                self._last_print = time.monotonic()
-                self._write(f"{self._prefix()} {self._timing()}: {self._stage}")
-
-    def finish(self, outcome: str) -> None:
-        if self._ticker is not None:
-            self._stop.set()
-            self._ticker.join()
-            self._ticker = None
-        with self._lock:
-            if self.tty:
-                self._redraw(final=outcome)
-            else:
-                self._write(f"{self._prefix()} {self._timing()}: {outcome}")
-
-    def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,7 +113,7 @@ def run_experiment(
     seed: int,
     num_seeds: int | None,
     out: Path,
-    display: ProgressDisplay | None = None,
+    display: ProgressDisplay | Callable[[str], None] | None = None,
 ) -> ExperimentRecord:
     """Run one experiment with its stdout/stderr and stages going to ``out/<name>/log.txt``.
 
@@ -359,10 +130,13 @@ def run_experiment(
 
         def progress(text: str) -> None:
             log.write(f"[{time.monotonic() - t0:8.1f}s] stage: {text}\n")
-            if display is not None:
+            if isinstance(display, ProgressDisplay):
                 display.stage(text)
+            elif display is not None:
+                display(text)
 
         try:
+            seed_everything(seed)  # results do not depend on what ran before in this process
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 value = lab_result.run_experiment(name, size, seed, num_seeds, progress)
             error, record.warnings = _check_result(value, size)
@@ -390,10 +164,38 @@ def run_experiment(
     return record
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (before each experiment, in any process)."""
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def auto_jobs(cores: int | None = None, load: float | None = None) -> int:
+    """Experiments to run at once: up to 2, one per core left idle by other work (load average), at least 1."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(2, cores, round(cores - load)))
+
+
+def resolve_jobs(jobs: int | str) -> int:
+    """``jobs`` as a count: an int >= 1, or "auto" (`auto_jobs`)."""
+    if jobs == "auto":
+        return auto_jobs()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected an integer >= 1 or 'auto', got {jobs!r}")
+    return jobs
+
+
 def resolve_names(only: str | Sequence[str] | None, argument: str = "only") -> list[str]:
     """Experiment names to run, in registry order for None; ``only`` may be "a,b" or a list.
 
-    ``argument`` names the option the names came from in error messages."""
+    ``argument`` names the argument the names came from in error messages."""
     known = list(lab_result.EXPERIMENTS)
     if only is None:
         return known
@@ -416,40 +218,136 @@ def run_lab(
     stream: TextIO | None = None,
     tty: bool | None = None,
     on_record: Callable[[LabRun], None] | None = None,
+    jobs: int | str = 1,
+    speed: SpeedProbe | None = None,
 ) -> LabRun:
-    """Run ``names`` (all experiments when None) in order into a new output directory.
+    """Run ``names`` (all experiments when None) into a new output directory, ``jobs`` at a time.
 
-    ``on_record`` is called after each experiment (after ``results.json`` is rewritten). On Ctrl-C the
-    run stops, the current experiment is recorded as failed and ``interrupted`` is set.
+    ``jobs`` > 1 (or "auto", see `auto_jobs`) runs experiments in spawned worker processes with this
+    process's torch threads each (experiments built at run time, which a worker cannot import, run here).
+    Every experiment is seeded before it starts, so the results equal a ``jobs=1`` run; records stay in
+    ``names`` order. Expected times are ``Plan.expected_s`` scaled by ``speed`` (measured by
+    `speed_factor` when None). ``on_record`` is called after each experiment (after ``results.json`` is
+    rewritten). On Ctrl-C the run stops, unfinished experiments are recorded as failed, ``interrupted`` is set.
     """
     if size not in SIZES:
         raise ValueError(f"size: expected one of {list(SIZES)}, got {size!r}")
     if num_seeds is not None and num_seeds < 1:
-        raise ValueError(f"seeds: expected an integer >= 1, got {num_seeds}")
-    names = resolve_names(names)
+        raise ValueError(f"num_seeds: expected an integer >= 1, got {num_seeds}")
+    count = resolve_jobs(jobs)
+    names = resolve_names(names, "names")
     directory = new_output_dir(out)
+    speed = speed if speed is not None else speed_factor()
     lab = LabRun(
         out=directory,
         size=size,
         seed=seed,
         num_seeds=num_seeds,
-        environment=environment(size, seed, num_seeds),
+        environment=environment(size, seed, num_seeds, count, speed),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    display = ProgressDisplay(total=len(names), stream=stream, tty=tty)
+    expected = {name: speed.scale(expected_seconds(name, size)) for name in names}
     t0 = time.monotonic()
     lab.save()
-    for index, name in enumerate(names, start=1):
-        display.start(index, name, expected_seconds(name, size))
-        record = run_experiment(name, size, seed, num_seeds, directory, display)
-        lab.interrupted = record.interrupted
-        outcome = record.result.verdict if record.result is not None else f"FAILED: {record.error}"
-        display.finish(f"{outcome} ({record.wall_time_s:.1f}s)" if record.status == "ok" else outcome)
+
+    def add(record: ExperimentRecord) -> None:
         lab.records.append(record)
+        lab.records.sort(key=lambda r: names.index(r.name))
+        lab.interrupted = lab.interrupted or record.interrupted
         lab.wall_time_s = time.monotonic() - t0
         lab.save()
         if on_record is not None:
             on_record(lab)
-        if lab.interrupted:
-            break
+
+    if count == 1 or len(names) == 1 or not all(_importable(lab_result.EXPERIMENTS[n]) for n in names):
+        display = ProgressDisplay(total=len(names), stream=stream, tty=tty)
+        for index, name in enumerate(names, start=1):
+            display.start(index, name, expected[name])
+            record = run_experiment(name, size, seed, num_seeds, directory, display)
+            display.finish(_outcome(record))
+            add(record)
+            if lab.interrupted:
+                break
+        return lab
+    _run_parallel(names, min(count, len(names)), size, seed, num_seeds, directory, expected, stream, add)
     return lab
+
+
+def _outcome(record: ExperimentRecord) -> str:
+    if record.status == "ok" and record.result is not None:
+        return f"{record.result.verdict} ({record.wall_time_s:.1f}s)"
+    return f"FAILED: {record.error}"
+
+
+def _importable(module: str) -> bool:
+    """False for a module that exists only in this process (built at run time), which a worker cannot import."""
+    try:
+        return sys.modules[module].__spec__ is not None if module in sys.modules else True
+    except AttributeError:
+        return False
+
+
+def _worker(
+    name: str,
+    registry: dict[str, str],
+    size: Size,
+    seed: int,
+    num_seeds: int | None,
+    out: Path,
+    stages: Any,
+    threads: int,
+) -> ExperimentRecord:
+    """Runs in a spawned process: the parent's torch threads and experiment registry, stages sent to ``stages``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    lab_result.EXPERIMENTS = registry
+    return run_experiment(name, size, seed, num_seeds, out, lambda text: stages.put((name, text)))
+
+
+def _run_parallel(
+    names: list[str],
+    count: int,
+    size: Size,
+    seed: int,
+    num_seeds: int | None,
+    directory: Path,
+    expected: dict[str, float | None],
+    stream: TextIO | None,
+    add: Callable[[ExperimentRecord], None],
+) -> None:
+    """Run ``names`` ``count`` at a time in spawned processes; each finished record goes to ``add``."""
+    import torch
+
+    display = ParallelProgress(total=len(names), stream=stream)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    registry = {name: lab_result.EXPERIMENTS[name] for name in names}
+    threads = torch.get_num_threads()
+    with context.Manager() as manager, ProcessPoolExecutor(count, mp_context=context) as pool:
+        stages = manager.Queue()
+        pending = list(enumerate(names, start=1))
+        running: dict[Future, tuple[str, float]] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < count:
+                    index, name = pending.pop(0)
+                    display.start(index, name, expected[name])
+                    future = pool.submit(_worker, name, registry, size, seed, num_seeds, directory, stages, threads)
+                    running[future] = (name, time.monotonic())
+                done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not stages.empty():
+                    display.stage(*stages.get())
+                for future in done:
+                    name, started = running.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as exc:  # the worker process itself died (killed, out of memory)
+                        record = ExperimentRecord(name, "failed", time.monotonic() - started, error=f"worker: {exc!r}")
+                    display.finish(name, _outcome(record))
+                    add(record)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for name, started in [*running.values(), *((n, time.monotonic()) for _, n in pending)]:
+                record = ExperimentRecord(name, "failed", time.monotonic() - started, error="interrupted by the user")
+                record.interrupted = True
+                add(record)
