@@ -105,10 +105,9 @@ def test_encoder_masks_int_masks_and_presence_vectors_are_accepted() -> None:
     assert torch.isfinite(absent).all()
 
 
-transformers = pytest.importorskip("transformers")
-
-
 def tiny_bert() -> nn.Module:
+    # Per test, not at module level: a module-level importorskip would skip the tests above too.
+    transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
         vocab_size=50,
         hidden_size=16,
