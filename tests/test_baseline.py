@@ -47,3 +47,20 @@ def test_bad_arguments_name_themselves() -> None:
         LinearBaseline("classification", 0)
     with pytest.raises(RuntimeError, match="fit"):
         LinearBaseline("classification", 2).predict(MultimodalDataset({"s": torch.zeros(2, 1, 1)}, torch.zeros(2)))
+
+
+def test_baseline_metrics_gap_and_notice() -> None:
+    from crossfuse.baseline import baseline_metrics, baseline_notice, fit_baseline, gap
+    from crossfuse.train import classification_metrics
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(200, 2, 3, generator=g)
+    y = (x.mean(1)[:, 0] > 0).long()
+    data = MultimodalDataset({"s": x}, y)
+    baseline = fit_baseline(data, "classification", 2)
+    assert baseline_metrics(baseline, data) == classification_metrics(baseline.predict(data), y)
+    assert gap(0.9, 0.95) == pytest.approx(-0.05)
+    notice = baseline_notice(0.95, {"early": 0.9, "cross": 0.955}, "accuracy", margin=0.01)
+    assert notice.startswith("notice: the linear baseline") and "cross, 0.9550" in notice
+    assert baseline_notice(0.95, {"early": 0.97}, "accuracy", margin=0.01) == ""
+    assert baseline_notice(0.95, {}, "accuracy") == ""

@@ -179,11 +179,12 @@ def test_compare_table_files_and_unknown_names(data_dir: Path, tmp_path: Path, c
         "test_macro_f1",
         "parameters",
         "train_time_s",
+        "gap_test_accuracy",
     ]
     summary = json.loads((out / "compare.json").read_text())
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the bar chart over seeds
-    assert [r["fusion"] for r in rows] == ["early", "flatten"]
+    assert [r["fusion"] for r in rows] == ["baseline", "early", "flatten"]
     for row, entry in zip(rows, summary["table"], strict=True):
         accuracies = [r["test_accuracy"] for r in summary["raw"][row["fusion"]]]
         assert float(row["test_accuracy_mean"]) == pytest.approx(np.mean(accuracies), abs=1e-5)

@@ -82,7 +82,10 @@ def test_epoch_batches_split_global_batches_across_ranks() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"task": "ranking"}, r"config.task: expected one of \['classification', 'regression'\], got 'ranking'"),
+        (
+            {"task": "ranking"},
+            r"config.task: expected one of \['classification', 'multilabel', 'regression'\], got 'ranking'",
+        ),
         ({"batch_size": 0}, r"config.batch_size: expected an int >= 1, got 0"),
         ({"checkpoint_every_steps": 0}, r"config.checkpoint_every_steps"),
         ({"lr": -1.0}, r"config.lr"),

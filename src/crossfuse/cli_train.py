@@ -26,7 +26,10 @@ TRAIN_FIELDS = {"checkpoint_every_steps": "checkpoint_every"}
 
 
 def fusion_config(args: argparse.Namespace) -> FusionConfig:
-    return FusionConfig(dim=args.dim, num_heads=args.heads, num_layers=args.layers)
+    p = getattr(args, "modality_dropout", 0.0)
+    if not 0 <= p < 1:
+        raise ValueError(f"modality_dropout: expected a probability in [0, 1), got {p}")
+    return FusionConfig(dim=args.dim, num_heads=args.heads, num_layers=args.layers, modality_dropout=p)
 
 
 def train_config(args: argparse.Namespace, task: str, progress: bool) -> TrainConfig:
@@ -68,7 +71,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def _metric_text(metrics: dict[str, float], prefix: str = "") -> str:
-    keys = [k for k in ("accuracy", "macro_f1", "r2", "mse") if f"{prefix}{k}" in metrics]
+    keys = [k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse") if f"{prefix}{k}" in metrics]
     return "  ".join(f"{k} {metrics[prefix + k]:.4f}" for k in keys)
 
 
@@ -106,9 +109,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "pass the same --fusion/--dim/--heads/--layers and data as before"
             )
     resuming = prepare_run_dir(out, force=args.force, resume=args.resume, kind="fusion")
+    if training.notice:
+        print(training.notice)
     print(training.describe(args.data))
     classes = f", {targets.num_outputs} classes {list(targets.classes)}" if training.task == "classification" else ""
-    print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {training.task}{classes}")
+    classes = f", {targets.num_outputs} labels" if training.task == "multilabel" else classes
+    dropout = f"; modality dropout {args.modality_dropout}" if args.modality_dropout else ""
+    print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {training.task}{classes}{dropout}")
     if resuming:
         print(f"resuming {out}")
     metadata = {
@@ -147,8 +154,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Metrics of a trained run on (a split of) its data or another .npz."""
     import torch
 
+    from crossfuse.ablation import drop
     from crossfuse.data.npz import load_npz
     from crossfuse.data.targets import coerce_targets
+    from crossfuse.multilabel import multilabel_metrics
     from crossfuse.runs import load_run
     from crossfuse.train import classification_metrics, predict, regression_metrics
 
@@ -162,13 +171,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = coerce_targets(data, run.task, f"data (the run's task is {run.task})")
     rows = _split_rows(run, data, split, args.split, path)
     subset = data.subset(torch.from_numpy(rows))
+    dropped = [n.strip() for n in (args.drop or "").split(",") if n.strip()]
+    if dropped:
+        subset = drop(subset, dropped)  # "drop: unknown modalities ..." names the flag
     outputs = predict(run.model, subset, precision=args.precision).float().cpu()
     if run.task == "classification":
         metrics = classification_metrics(outputs, run.targets.encode(subset.y))
+    elif run.task == "multilabel":
+        metrics = multilabel_metrics(outputs, run.targets.encode(subset.y))
     else:
         values = run.targets.decode(outputs).float()
         metrics = regression_metrics(values.reshape(len(rows), -1), subset.y.reshape(len(rows), -1))
-    print(f"{args.split} ({len(rows)} rows of {path}, {run.checkpoint.name} checkpoint): {_metric_text(metrics)}")
+    without = f", without {', '.join(dropped)}" if dropped else ""
+    where = f"{args.split} ({len(rows)} rows of {path}, {run.checkpoint.name} checkpoint{without})"
+    print(f"{where}: {_metric_text(metrics)}")
     return 0
 
 
@@ -196,6 +212,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if run.task == "classification":
         header = ["row", "prediction"] + [f"prob_{c}" for c in run.targets.classes]
         extra = outputs.softmax(-1).tolist()
+    elif run.task == "multilabel":
+        header = ["row"] + [f"label_{k}" for k in run.targets.classes] + [f"prob_{k}" for k in run.targets.classes]
+        extra = outputs.sigmoid().tolist()
     else:
         header = ["row"] + (
             ["prediction"] if values.dim() == 1 else [f"prediction_{k}" for k in range(values.shape[1])]
@@ -213,7 +232,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train several strategies over several seeds on one .npz; print and save one table and a bar chart."""
-    from crossfuse.compare import FILES, check_fusion_names, compare_fusions
+    from crossfuse.compare import FILES, check_fusion_names, compare_fusions, main_metric
     from crossfuse.data.targets import load_training_data
 
     names = [n.strip() for n in args.fusions.split(",") if n.strip()]
@@ -229,6 +248,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if taken and not args.force:
         raise FileExistsError(f"out: {', '.join(taken)} already exist(s); pass --force to overwrite")
     training = load_training_data(args.data, args.task, args.split_seed)
+    if training.notice:
+        print(training.notice)
     print(training.describe(args.data))
     seeds = [args.seed + i for i in range(args.seeds)]
     result = compare_fusions(
@@ -237,6 +258,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result.settings["data"] = str(args.data)
     print(f"{result.task}, mean ± std over {len(seeds)} seed(s), final weights after {config.epochs} epochs:")
     for line in result.table_lines():
+        print(line)
+    if result.notice():
+        print(result.notice())
+    metric = main_metric(result.task)
+    print(f"ablation on {result.held_out}: {metric} with every modality, then each one dropped (mean over seeds):")
+    for line in result.ablation_lines():
         print(line)
     paths = result.write(out)
     print(f"table written to {paths[0]} and {paths[1]}; bar chart (error bars over seeds) in {paths[2]}")
@@ -247,7 +274,17 @@ def _add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     d, f = _TRAIN_DEFAULTS, _FUSION_DEFAULTS
     parser.add_argument("--data", required=True, help=".npz (or data-set directory) with one array per modality and y")
     parser.add_argument(
-        "--task", choices=TASKS, default=None, help="None: classification for integer y, regression for float y"
+        "--task",
+        choices=TASKS,
+        default=None,
+        help="None: classification for integer (N,) y, multilabel for (N, K) 0/1 y, regression otherwise",
+    )
+    parser.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=_FUSION_DEFAULTS.modality_dropout,
+        metavar="P",
+        help="drop each modality of a training sample with probability P (never all of them)",
     )
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -306,6 +343,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     evaluate.add_argument("--data", default=None, help=".npz (None: the training data)")
     evaluate.add_argument("--split", choices=[*SPLITS, "all"], default="test", help="rows to score")
     evaluate.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
+    evaluate.add_argument("--drop", default=None, metavar="NAME[,NAME]", help="evaluate with these modalities absent")
     _add_device_args(evaluate, "cpu", "fp32")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -44,7 +44,7 @@ class Objective(Protocol):
 
 @dataclass
 class FusionObjective:
-    """Cross-entropy (classification) or MSE (regression) on `FusionModel` outputs.
+    """Cross-entropy (classification), BCE with logits (multilabel) or MSE (regression) on `FusionModel` outputs.
 
     With ``target_scale`` (the per-column std that standardised the regression targets) `evaluate`
     reports ``mse_y_units``, the MSE in the units of y, instead of ``mse`` in standardised units.
@@ -60,6 +60,8 @@ class FusionObjective:
         y = batch["y"]
         if self.task == "classification":
             return F.cross_entropy(output.logits, y), output
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(output.logits, y.float()), output
         return F.mse_loss(output.logits, y.view_as(output.logits).float()), output
 
     @torch.no_grad()
@@ -67,6 +69,10 @@ class FusionObjective:
         preds, targets = predict_batches(model, loader)
         if self.task == "classification":
             return classification_metrics(preds, targets)
+        if self.task == "multilabel":
+            from crossfuse.multilabel import multilabel_metrics  # lazy: crossfuse.multilabel imports this module
+
+            return multilabel_metrics(preds, targets)
         if self.target_scale is None:
             return regression_metrics(preds, targets)
         # Standardised targets: R^2 is unchanged by the scale; the MSE is reported in the units of y.
@@ -146,7 +152,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``data``: ``objective.evaluate``, or the task's metrics for a config/task name.
 
-    Shapes: -> {"accuracy", "macro_f1", "score"} (classification) or {"r2", "mse", "score"} (regression).
+    Shapes: -> {"accuracy", "macro_f1", "score"} (classification), {"micro_f1", "macro_f1", "map", "score"}
+    (multilabel) or {"r2", "mse", "score"} (regression).
     """
     if isinstance(objective, TrainConfig):
         objective = FusionObjective(objective.task)

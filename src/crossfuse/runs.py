@@ -12,8 +12,9 @@ checkpoints ``best/`` and ``last/`` (`crossfuse.checkpoint`). ``config.json`` is
 so `load_run` rebuilds the model with `crossfuse.fusion.build_fusion` and loads its weights, and
 `TargetEncoding` maps model outputs back to the user's labels or units.
 
-Shapes: TargetEncoding.encode: y (N,) labels or (N,) / (N, K) floats -> (N,) class ids or the same
-shape standardised; decode: outputs (N, C) -> (N,) labels, or (N, K) -> (N,) / (N, K) values.
+Shapes: TargetEncoding.encode: y (N,) labels, (N, K) 0/1 label indicators or (N,) / (N, K) floats -> (N,)
+class ids, (N, K) float 0/1, or the same shape standardised; decode: outputs (N, C) -> (N,) labels,
+(N, K) logits -> (N, K) 0/1, or (N, K) -> (N,) / (N, K) values.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         "modalities": {n: dataclasses.asdict(s) for n, s in inner.modalities.items()},
         "num_outputs": inner.num_outputs,
         "fusion_config": dataclasses.asdict(inner.config),
+        **(
+            {
+                "input_encoders": {
+                    n: f"{type(m).__module__}.{type(m).__qualname__}" for n, m in inner.input_encoders.items()
+                }
+            }
+            if len(inner.input_encoders)
+            else {}
+        ),
     }
 
 
@@ -126,8 +136,12 @@ class TargetEncoding:
             if len(classes) < 2:
                 raise ValueError(f"y: classification needs at least 2 classes, got only {list(classes)}")
             return cls(task, classes=classes)
+        if task == "multilabel":
+            from crossfuse.multilabel import multilabel_targets
+
+            return cls(task, classes=tuple(range(multilabel_targets(y).shape[1])), vector=False)
         if task != "regression":
-            raise ValueError(f"task: expected 'classification' or 'regression', got {task!r}")
+            raise ValueError(f"task: expected 'classification', 'multilabel' or 'regression', got {task!r}")
         if y.dim() not in (1, 2):
             raise ValueError(f"y: regression needs targets of shape (N,) or (N, K), got {tuple(y.shape)}")
         fitted = (y if rows is None else y[rows]).double().reshape(len(y if rows is None else rows), -1)
@@ -137,7 +151,7 @@ class TargetEncoding:
 
     @property
     def num_outputs(self) -> int:
-        return len(self.classes) if self.task == "classification" else len(self.mean)
+        return len(self.classes) if self.task in ("classification", "multilabel") else len(self.mean)
 
     def encode(self, y: Tensor) -> Tensor:
         """User targets -> training targets (class ids (N,) long, or standardised float32)."""
@@ -151,6 +165,13 @@ class TargetEncoding:
                     f"the run's classes {list(self.classes)}"
                 )
             return index.long()
+        if self.task == "multilabel":
+            from crossfuse.multilabel import multilabel_targets
+
+            labels = multilabel_targets(y)
+            if labels.shape[1] != len(self.classes):
+                raise ValueError(f"y: expected {len(self.classes)} label columns as in training, got {tuple(y.shape)}")
+            return labels
         expected = (len(self.mean),)
         got = tuple(y.shape[1:]) if y.dim() == 2 else (1,)
         if got != expected:
@@ -164,6 +185,8 @@ class TargetEncoding:
         """Model outputs (N, C) -> labels (N,), or (N, K) -> values in the user's units."""
         if self.task == "classification":
             return torch.tensor(self.classes)[outputs.argmax(-1)]
+        if self.task == "multilabel":
+            return (outputs > 0).long()  # probability > 0.5
         values = outputs.double() * torch.tensor(self.std, dtype=torch.float64) + torch.tensor(
             self.mean, dtype=torch.float64
         )
@@ -231,6 +254,12 @@ def build_model(spec: dict[str, Any]) -> FusionModel:
     unknown = sorted(set(spec["fusion_config"]) - known)
     if unknown:
         raise ValueError(f"config.json: fusion_config has fields {unknown} that this FusionConfig lacks")
+    if spec.get("input_encoders"):
+        raise ValueError(
+            f"config.json: the model has your own input encoders {spec['input_encoders']}, which config.json cannot "
+            "rebuild; build the model again with build_fusion(..., encoders=...) and load the weights with "
+            "crossfuse.checkpoint.load_weights"
+        )
     modalities = {n: ModalitySpec(**s) for n, s in spec["modalities"].items()}
 
     def build() -> FusionModel:

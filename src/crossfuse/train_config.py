@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from crossfuse.balance import BALANCE_METHODS
 from crossfuse.precision import check_device, check_precision
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "multilabel", "regression")
 OPTIMIZERS = ("adamw", "sgd")
 
 # Fields that may differ between an interrupted run and its resumption (they do not change the numbers).
@@ -30,7 +30,7 @@ class TrainConfig:
     ``device`` are checked here, the device's presence when `fit` starts.
     """
 
-    task: str = "classification"  # "classification" | "regression"
+    task: str = "classification"  # "classification" | "multilabel" | "regression"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3

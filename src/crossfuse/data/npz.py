@@ -5,7 +5,10 @@ The file holds one array per modality, named as the user likes:
 - ``<name>``: (N, T_m, D_m) tokens or (N, D_m) one feature vector per sample (numbers; ints and bools
   become float32);
 - ``<name>__mask``: optional (N, T_m) bool, True = valid token ((N,) for a (N, D_m) modality);
-- ``y``: (N,) integer labels (classification) or (N,) / (N, K) floats (regression);
+- ``<name>__present``: optional (N,) bool or 0/1, False = the sample lacks that modality (its mask row
+  becomes all False; its values are ignored);
+- ``y``: (N,) integer labels (classification), (N, K) 0/1 label indicators (multilabel) or (N,) / (N, K)
+  floats (regression);
 - ``split``: optional (N,) ints, 0 = train, 1 = val, 2 = test; without it `seeded_split` draws one.
 
 Every problem is a one-line ValueError naming the array, what was expected and what was found.
@@ -26,6 +29,7 @@ import torch
 from crossfuse.data.dataset import MultimodalDataset
 
 MASK_SUFFIX = "__mask"
+PRESENT_SUFFIX = "__present"
 RESERVED = ("y", "split")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -92,14 +96,19 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
     if not arrays:
         raise ValueError(f"--data: {path} is empty; expected one array per modality and 'y'")
     masks = {k[: -len(MASK_SUFFIX)]: v for k, v in arrays.items() if k.endswith(MASK_SUFFIX)}
-    modalities = {k: v for k, v in arrays.items() if k not in RESERVED and not k.endswith(MASK_SUFFIX)}
+    present = {k[: -len(PRESENT_SUFFIX)]: v for k, v in arrays.items() if k.endswith(PRESENT_SUFFIX)}
+    modalities = {
+        k: v
+        for k, v in arrays.items()
+        if k not in RESERVED and not k.endswith(MASK_SUFFIX) and not k.endswith(PRESENT_SUFFIX)
+    }
     if not modalities:
         raise ValueError(
             f"--data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'"
         )
     if require_y and "y" not in arrays:
         raise ValueError(f"--data: {path} has no 'y' array (targets); found {sorted(arrays)}")
-    unknown = sorted(set(masks) - set(modalities))
+    unknown = sorted((set(masks) | set(present)) - set(modalities))
     if unknown:
         raise ValueError(f"--data: mask(s) for unknown modalities {unknown}; modalities are {sorted(modalities)}")
     for key, array in arrays.items():
@@ -134,6 +143,15 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
                 f"--data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values"
             )
         mask_tensors[name] = torch.from_numpy(mask.astype(bool))
+    for name, flags in present.items():
+        key = name + PRESENT_SUFFIX
+        if flags.shape != (n,):
+            raise ValueError(f"--data: presence flags {key!r} have shape {flags.shape}; expected (N,) = ({n},)")
+        if flags.dtype.kind != "b" and not np.isin(flags, (0, 1)).all():
+            raise ValueError(f"--data: presence flags {key!r} must be bool or 0/1 (1 = present), got other values")
+        tokens = 1 if inputs[name].dim() == 2 else inputs[name].shape[1]
+        base = mask_tensors.get(name, torch.ones(n, tokens, dtype=torch.bool))
+        mask_tensors[name] = base & torch.from_numpy(flags.astype(bool))[:, None]
     y = _targets(arrays["y"], n) if "y" in arrays else torch.zeros(n)
     split = _split(arrays["split"], n) if "split" in arrays else None
     return MultimodalDataset(inputs, y, mask_tensors), split
@@ -143,8 +161,11 @@ def _targets(y: np.ndarray, n: int) -> torch.Tensor:
     if y.ndim not in (1, 2):
         raise ValueError(f"--data: 'y' has shape {y.shape}; expected (N,) labels or (N,) / (N, K) targets")
     if y.dtype.kind in "biu":
-        if y.ndim != 1:
-            raise ValueError(f"--data: integer 'y' (class labels) must have shape (N,), got {y.shape}")
+        if y.ndim != 1 and not np.isin(y, (0, 1)).all():
+            raise ValueError(
+                f"--data: integer 'y' must be (N,) class labels or (N, K) 0/1 label indicators, "
+                f"got shape {y.shape} with other values"
+            )
         if y.dtype == np.uint64 and len(y) and int(y.max()) > np.iinfo(np.int64).max:
             raise ValueError(
                 f"--data: 'y' holds uint64 labels up to {int(y.max())}, beyond int64 (max 2**63 - 1); "

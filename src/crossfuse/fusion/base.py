@@ -14,8 +14,12 @@ It composes three parts, as torchmultimodal's ``LateFusion`` does:
 the inputs (`check_modality_inputs`), turns ``return_attention`` into the set of layers whose weights
 are computed (`crossfuse.blocks.select_layers`; ``True`` = the last layer) and calls ``fuse``.
 Inputs are ``{name: (B, N_m, D_m)}`` float tensors, masks ``{name: (B, N_m) bool}`` (True = valid; a
-missing entry means every position is valid). The result is a `FusionOutput`, a NamedTuple, so
-``torch.export`` and ``torch.compile`` see its fields.
+missing entry means every position is valid; integer masks, nonzero = valid, and ``(B,)`` presence
+vectors are accepted, see `crossfuse.fusion.missing`). A modality whose mask row is all False is absent
+for that sample; every strategy then gives finite outputs. ``build_fusion(..., encoders=)`` adds the
+user's own input encoders in front (raw input -> tokens). ``FusionConfig.modality_dropout`` drops whole
+modalities per sample in training. The result is a `FusionOutput`, a NamedTuple, so ``torch.export``
+and ``torch.compile`` see its fields.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from crossfuse.blocks import AttentionLayers, select_layers
+from crossfuse.fusion.missing import drop_modalities, normalise_masks
 from crossfuse.models.encoders import DEFAULT_MAX_LENGTH, SequenceEncoder
 from crossfuse.validation import check_tensor
 
@@ -51,6 +57,7 @@ class FusionConfig:
     dropout: float = 0.0
     direction: str = "a->b"
     late_combine: str = "logits"  # late fusion: average "logits" or "probs"
+    modality_dropout: float = 0.0  # training only: drop whole modalities per sample (see fusion.missing)
 
 
 class FusionOutput(NamedTuple):
@@ -96,6 +103,7 @@ class FusionModel(nn.Module):
         self.num_outputs = num_outputs
         self.config = config
         self.encoders = nn.ModuleDict()
+        self.input_encoders = nn.ModuleDict()  # user encoders: raw input -> (B, N_m, D_m) tokens, before `encoders`
         self.attention_depth = 0
 
     def forward(
@@ -106,13 +114,61 @@ class FusionModel(nn.Module):
     ) -> FusionOutput:
         """Validate, select the layers whose weights are computed, fuse.
 
-        Shapes: inputs: {name: (B, N_m, D_m) float}  masks: {name: (B, N_m) bool} or None
+        Shapes: inputs: {name: (B, N_m, D_m) float, or the raw input of a modality with an input encoder}
+        masks: {name: (B, N_m) bool/int or (B,) presence} or None
         ->  FusionOutput (see there; each strategy's docstring gives its ``pooled`` and labels).
+        In training mode with ``config.modality_dropout > 0`` whole modalities are dropped per sample.
         ``return_attention``: False (no weights: the fast path everywhere), True or ``"last"`` (the last
         layer), ``"all"``, or a list of 0-based layer indices; only those layers run the weights path.
         """
-        checked = check_modality_inputs(self.modalities, inputs, masks)
+        inputs, masks = self.encode_inputs(inputs, masks)
+        checked = check_modality_inputs(self.modalities, inputs, normalise_masks(inputs, masks))
+        if self.training and self.config.modality_dropout > 0:
+            shapes = {name: (inputs[name].shape[0], inputs[name].shape[1]) for name in self.modalities}
+            device = next(iter(inputs.values())).device
+            checked = drop_modalities(checked, shapes, self.config.modality_dropout, device=device)
         return self.fuse(inputs, checked, select_layers(return_attention, self.attention_depth))
+
+    def encode_inputs(
+        self, inputs: dict[str, Tensor], masks: Mapping[str, Tensor | None] | None
+    ) -> tuple[dict[str, Tensor], Mapping[str, Tensor | None] | None]:
+        """Run the user's ``input_encoders`` (see `build_fusion`) on their raw inputs; others pass through.
+
+        An encoder is called as ``encoder(x)``, or ``encoder(x, mask)`` when the user gave a per-position
+        mask for it; it returns tokens ``(B, N, D_m)`` or ``(tokens, mask)``. A ``(B,)`` presence mask is
+        applied to the encoder's output tokens.
+        Shapes: inputs: {name: raw input with batch dim B}  ->  ({name: (B, N_m, D_m)}, {name: (B, N_m)})
+        """
+        if not self.input_encoders or not isinstance(inputs, Mapping):
+            return inputs, masks
+        inputs, new_masks = dict(inputs), dict(masks) if isinstance(masks, Mapping) else masks
+        for name, encoder in self.input_encoders.items():
+            if name not in inputs or not isinstance(new_masks, Mapping | None):
+                continue  # check_modality_inputs names the problem
+            mask = None if new_masks is None else new_masks.get(name)
+            present = None
+            if isinstance(mask, Tensor) and mask.dim() == 1:
+                present, mask = mask != 0, None
+            out = encoder(inputs[name]) if mask is None else encoder(inputs[name], mask)
+            tokens, token_mask = out if isinstance(out, tuple) else (out, None)
+            dim = self.modalities[name].dim
+            if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != dim:
+                got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+                raise ValueError(
+                    f"encoders[{name!r}]: expected the encoder to return tokens of shape (B, N, {dim}) "
+                    f"(ModalitySpec.dim), got {got}"
+                )
+            if token_mask is not None and token_mask.dtype != torch.bool:
+                token_mask = token_mask != 0
+            if present is not None:
+                base = token_mask if token_mask is not None else torch.ones_like(tokens[..., 0], dtype=torch.bool)
+                token_mask = base & present[:, None]
+            inputs[name] = tokens
+            new_masks = {} if new_masks is None else new_masks
+            new_masks[name] = token_mask
+            if token_mask is None:
+                del new_masks[name]
+        return inputs, new_masks
 
     def fuse(self, inputs: dict[str, Tensor], masks: dict[str, Tensor | None], layers: frozenset[int]) -> FusionOutput:
         """The strategy's step on validated inputs; ``layers`` are the layers whose weights to return.
@@ -141,8 +197,10 @@ class FusionModel(nn.Module):
         return FusionOutput(logits, pooled, modality_logits, streams, weights or None)
 
     def modality_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Parameters that belong to one modality's encoder (for gradient monitoring)."""
-        return self.encoders[name].parameters()
+        """Parameters of one modality's encoders, the user's input encoder first (for gradient monitoring)."""
+        if name in self.input_encoders:
+            yield from self.input_encoders[name].parameters()
+        yield from self.encoders[name].parameters()
 
     @property
     def num_parameters(self) -> int:
@@ -205,6 +263,8 @@ def check_fusion_args(modalities: Mapping[str, ModalitySpec], num_outputs: int, 
         value = getattr(config, field_name, None)
         if not _positive_int(value, minimum):
             raise ValueError(f"config.{field_name}: expected an int >= {minimum}, got {value!r}")
+    if not (isinstance(config.modality_dropout, int | float) and 0 <= config.modality_dropout < 1):
+        raise ValueError(f"config.modality_dropout: expected a probability in [0, 1), got {config.modality_dropout!r}")
     if config.dim % config.num_heads:
         raise ValueError(f"config.num_heads: dim={config.dim} is not divisible by num_heads={config.num_heads}")
 
@@ -253,9 +313,30 @@ def register_fusion(name: str) -> Callable[[FusionBuilder], FusionBuilder]:
 
 
 def build_fusion(
-    name: str, modalities: dict[str, ModalitySpec], num_outputs: int, config: FusionConfig | None = None
+    name: str,
+    modalities: dict[str, ModalitySpec],
+    num_outputs: int,
+    config: FusionConfig | None = None,
+    encoders: Mapping[str, nn.Module] | None = None,
 ) -> FusionModel:
-    """Construct the strategy registered as ``name``; unknown names list the known ones."""
+    """Construct the strategy registered as ``name``; unknown names list the known ones.
+
+    ``encoders`` ``{name: module}`` brings your own encoder for some modalities: the module maps that
+    modality's raw input (an image batch, token ids, ...) to tokens ``(B, N, D_m)``, or to
+    ``(tokens, mask)`` with a ``(B, N)`` bool/int mask; ``modalities[name].dim`` is then D_m, the
+    encoder's output width (and ``length`` its token count, if the strategy needs one). The strategy's
+    own per-modality encoder still runs on those tokens. Other modalities keep the default encoders.
+    """
     if name not in FUSIONS:
         raise ValueError(f"fusion: unknown strategy {name!r}; expected one of {sorted(FUSIONS)}")
-    return FUSIONS[name](modalities, num_outputs, config or FusionConfig())
+    model = FUSIONS[name](modalities, num_outputs, config or FusionConfig())
+    if encoders:
+        if not isinstance(encoders, Mapping):
+            raise ValueError(f"encoders: expected a dict {{name: nn.Module}}, got {type(encoders).__name__}")
+        for key, module in encoders.items():
+            if key not in modalities:
+                raise ValueError(f"encoders: unknown modality {key!r}; expected a subset of {list(modalities)}")
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"encoders[{key!r}]: expected a torch.nn.Module, got {type(module).__name__}")
+        model.input_encoders = nn.ModuleDict(dict(encoders))
+    return model

@@ -8,6 +8,9 @@ linear classifier. The experts never see each other's tokens; only their outputs
 - ``late_combine="logits"``: ``logits = mean_m z_m``
 - ``late_combine="probs"``: ``logits = log(mean_m softmax(z_m))``, the log of the averaged
   probabilities, so ``cross_entropy(logits, y)`` is the NLL of the probability average.
+
+The means run over the experts whose modality is present in the sample (a mask row with any True);
+a sample with no modality present gets the mean over all experts (each of which saw only zeros).
 """
 
 from __future__ import annotations
@@ -57,8 +60,24 @@ class LateFusion(FusionModel):
             pooled.append(feature)
             expert_logits[name] = self.classifiers[name](feature)
         stacked = torch.stack(list(expert_logits.values()))  # (M, B, C)
-        if self.config.late_combine == "logits":
-            logits = stacked.mean(dim=0)
+        if all(masks[name] is None for name in self.modalities):
+            if self.config.late_combine == "logits":
+                logits = stacked.mean(dim=0)
+            else:
+                logits = stacked.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(expert_logits))
         else:
-            logits = stacked.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(expert_logits))
+            present = torch.stack(
+                [
+                    masks[n].any(dim=1) if masks[n] is not None else torch.ones_like(stacked[0, :, 0], dtype=torch.bool)
+                    for n in self.modalities
+                ]
+            )  # (M, B)
+            present = present | ~present.any(dim=0, keepdim=True)  # nobody present: average everyone
+            weight = present.to(stacked.dtype)[..., None]  # (M, B, 1)
+            count = weight.sum(dim=0)
+            if self.config.late_combine == "logits":
+                logits = (stacked * weight).sum(dim=0) / count
+            else:
+                log_probs = stacked.log_softmax(dim=-1).masked_fill(~present[..., None], float("-inf"))
+                logits = log_probs.logsumexp(dim=0) - count.log()
         return FusionOutput(logits, torch.cat(pooled, dim=-1), expert_logits, tokens, weights or None)

@@ -157,6 +157,7 @@ class PointerRetriever(nn.Module):
         self.attention = CrossAttention(dim, dim, num_heads=1, head_dim=dim)
 
     def forward(self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> Tensor:
+        """Shapes: inputs {"query": (B, 1, d), "keys": (B, n, d)}  ->  (B, n) log attention weights."""
         _, weights = self.attention(inputs["query"], inputs["keys"], return_attention=True)
         return weights[:, 0, 0].clamp_min(1e-30).log()
 

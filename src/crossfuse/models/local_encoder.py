@@ -29,6 +29,7 @@ class ChannelNorm(nn.LayerNorm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: (B, D, gh, gw)  ->  (B, D, gh, gw)."""
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -49,6 +50,7 @@ class LocalGridBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: (B, D, gh, gw)  ->  (B, D, gh, gw)."""
         x = x + self.conv(F.gelu(self.norm1(x)))
         return x + self.mlp(self.norm2(x))
 
