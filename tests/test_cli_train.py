@@ -152,7 +152,14 @@ def test_regression_metrics_are_in_the_users_units(data_dir: Path, tmp_path: Pat
         main(["train", "--data", str(data_dir / "reg.npz"), "--fusion", "late", "--out", str(out), "--quiet", *SMALL])
         == 0
     )
-    assert "task regression" in capsys.readouterr().out
+    trained = capsys.readouterr().out
+    assert "task regression" in trained
+    # training logs the validation mse in units of y too, under its own name (final weights = last/)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["val_mse_y_units"] for r in records if "val_mse_y_units" in r]
+    assert logged and "mse_y_units" in trained and not any("val_mse" in r for r in records)
+    assert main(["evaluate", "--run", str(out), "--split", "val", "--checkpoint", "last"]) == 0
+    assert f"mse {logged[-1]:.4f}" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(out), "--split", "val"]) == 0
     printed = capsys.readouterr().out
     run = load_run(out)

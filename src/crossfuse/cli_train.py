@@ -71,7 +71,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def _metric_text(metrics: dict[str, float], prefix: str = "") -> str:
-    keys = [k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse") if f"{prefix}{k}" in metrics]
+    keys = [k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse_y_units", "mse") if f"{prefix}{k}" in metrics]
     return "  ".join(f"{k} {metrics[prefix + k]:.4f}" for k in keys)
 
 
@@ -122,7 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         "targets": targets.to_json(),
         "data": {"path": str(Path(args.data).resolve()), "split": training.source, "split_seed": args.split_seed},
     }
-    result = fit(model, parts["train"], parts["val"], config, out_dir=out, resume=resuming, metadata=metadata)
+    objective = None  # the trainer's default for the task; regression reports its val mse in units of y
+    if training.task == "regression":
+        from crossfuse.evaluation import FusionObjective
+
+        objective = FusionObjective("regression", target_scale=tuple(float(s) for s in targets.std))
+    result = fit(model, parts["train"], parts["val"], config, objective, out, resume=resuming, metadata=metadata)
     final, best = result.final, result.best
     print(f"final (epoch {final['epoch']}): val {_metric_text(final, 'val_')}  train_loss {final['train_loss']:.4f}")
     print(f"best  (epoch {best['epoch']}): val {_metric_text(best, 'val_')}")
