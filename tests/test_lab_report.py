@@ -73,4 +73,3 @@ def test_report_scores_on_an_oracle() -> None:
     assert flat["pointing"]["macro"]["corrected"] == pytest.approx(0.0, abs=1e-9)
     assert flat["pointing"]["macro"]["mass"] == pytest.approx(flat["pointing"]["macro"]["box_share"])
     assert flat["pointing"]["macro"]["all_above_chance"] == 0.0
-

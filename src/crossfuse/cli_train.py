@@ -71,7 +71,9 @@ def set_threads(threads: int | None) -> None:
 
 
 def _metric_text(metrics: dict[str, float], prefix: str = "") -> str:
-    keys = [k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse_y_units", "mse") if f"{prefix}{k}" in metrics]
+    keys = [
+        k for k in ("accuracy", "micro_f1", "macro_f1", "map", "r2", "mse_y_units", "mse") if f"{prefix}{k}" in metrics
+    ]
     return "  ".join(f"{k} {metrics[prefix + k]:.4f}" for k in keys)
 
 
