@@ -53,6 +53,37 @@ def test_convert_npz_to_directory_round_trips(toy: Path, tmp_path: Path) -> None
     assert main(["convert", str(toy), str(tmp_path / "dir")]) == 2  # never overwrites
 
 
+def test_train_evaluate_predict_from_a_directory_equal_the_npz(toy: Path, tmp_path: Path, capsys) -> None:
+    """A converted directory trains (memory-mapped) to the same weights and metrics as its .npz."""
+    assert main(["convert", str(toy), str(tmp_path / "dir")]) == 0
+    for source, out in ((toy, "from_npz"), (tmp_path / "dir", "from_dir")):
+        assert main(["train", "--data", str(source), "--out", str(tmp_path / out), *SMALL]) == 0
+    capsys.readouterr()
+    records = [(tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in ("from_npz", "from_dir")]
+    strip = [[{k: v for k, v in json.loads(line).items() if "time" not in k} for line in r] for r in records]
+    assert strip[0] == strip[1]
+    outputs = []
+    for run in ("from_npz", "from_dir"):
+        assert main(["evaluate", "--run", str(tmp_path / run), "--data", str(tmp_path / "dir")]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--run",
+                    str(tmp_path / run),
+                    "--data",
+                    str(tmp_path / "dir"),
+                    "--out",
+                    str(tmp_path / f"{run}.csv"),
+                ]
+            )
+            == 0
+        )
+        outputs.append(capsys.readouterr().out.splitlines()[0].split(":", 1)[1])
+    assert outputs[0] == outputs[1]
+    assert (tmp_path / "from_npz.csv").read_text() == (tmp_path / "from_dir.csv").read_text()
+
+
 def test_convert_ts_groups_channels_and_marks_the_test_rows(tmp_path: Path) -> None:
     train, test = write_ts(tmp_path / "train.ts", 20, 1), write_ts(tmp_path / "test.ts", 8, 2)
     args = ["convert", "--ts", str(train), "--ts-test", str(test), "--modality", "acc=0,1", "--modality", "gyro=2-3"]

@@ -105,7 +105,7 @@ def test_bad_file_is_one_line_value_error(tmp_path: Path, case: str) -> None:
     change(data)
     with pytest.raises(ValueError, match=message) as error:
         load_npz(write(tmp_path, **data))
-    assert "\n" not in str(error.value) and str(error.value).startswith("--data: ")
+    assert "\n" not in str(error.value) and str(error.value).startswith("data: ")
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

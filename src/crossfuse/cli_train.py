@@ -162,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from crossfuse.ablation import drop
-    from crossfuse.data.npz import load_npz
+    from crossfuse.data.directory import load_data
     from crossfuse.data.targets import coerce_targets
     from crossfuse.multilabel import multilabel_metrics
     from crossfuse.runs import load_run
@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = args.data or run.config.get("metadata", {}).get("data", {}).get("path")
     if not path:
         raise ValueError("data: the run does not record its data file; pass --data")
-    data, split = load_npz(path)
+    data, split = load_data(path)
     run.check_data(data)
     data = coerce_targets(data, run.task, f"data (the run's task is {run.task})")
     rows = _split_rows(run, data, split, args.split, path)
@@ -199,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Predictions of a trained run for every row of a .npz, written as CSV."""
     import csv
 
-    from crossfuse.data.npz import load_npz
+    from crossfuse.data.directory import load_data
     from crossfuse.runs import load_run
     from crossfuse.train import predict
 
@@ -210,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise FileExistsError(f"out: {out} already exists; pass --force to overwrite it")
     run = load_run(Path(args.run), args.checkpoint)
     _run_on_device(run, args)
-    data, _ = load_npz(args.data, require_y=False)
+    data, _ = load_data(args.data, require_y=False)
     run.check_data(data)
     if len(data) == 0:
         raise ValueError(f"data: {args.data} has 0 rows; nothing to predict")
@@ -347,7 +347,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
 
     evaluate = sub.add_parser("evaluate", help="metrics of a trained run", formatter_class=formatter)
     evaluate.add_argument("--run", required=True, help="run directory written by `crossfuse train`")
-    evaluate.add_argument("--data", default=None, help=".npz (None: the training data)")
+    evaluate.add_argument("--data", default=None, help=".npz or data-set directory (None: the training data)")
     evaluate.add_argument("--split", choices=[*SPLITS, "all"], default="test", help="rows to score")
     evaluate.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
     evaluate.add_argument("--drop", default=None, metavar="NAME[,NAME]", help="evaluate with these modalities absent")
@@ -358,7 +358,7 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
         "predict", help="predictions of a trained run for new data, as CSV", formatter_class=formatter
     )
     predict.add_argument("--run", required=True, help="run directory written by `crossfuse train`")
-    predict.add_argument("--data", required=True, help=".npz with the same modalities (y not needed)")
+    predict.add_argument("--data", required=True, help=".npz (y not needed) or data-set directory with the same modalities")
     predict.add_argument("--out", required=True, help="CSV file to write")
     predict.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
     predict.add_argument("--force", action="store_true", help="overwrite --out")

@@ -196,3 +196,13 @@ def open_dataset_dir(path: str | Path) -> tuple[MappedDataset, np.ndarray | None
     if split is not None and split.shape != (n,):
         raise ValueError(f"path: {path / 'split.npy'} has shape {split.shape}; expected ({n},)")
     return MappedDataset(inputs, y, masks), split
+
+
+def load_data(path: str | Path, require_y: bool = True) -> tuple[MultimodalDataset, np.ndarray | None]:
+    """A user data set from an ``.npz`` file (`crossfuse.data.npz.load_npz`, read whole) or a data-set directory
+    (`open_dataset_dir`, memory-mapped: batches are read as they are used). Returns (data, split or None)."""
+    from crossfuse.data.npz import load_npz
+
+    if Path(path).is_dir() and is_dataset_dir(path):
+        return open_dataset_dir(path)
+    return load_npz(path, require_y=require_y)

@@ -36,19 +36,19 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 
 def _read(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise FileNotFoundError(f"--data: no such file: {path}")
+        raise FileNotFoundError(f"data: no such file: {path}")
     with open(path, "rb") as handle:
         magic = handle.read(6)
     if magic == b"\x93NUMPY":
-        raise ValueError(f"--data: {path} holds a single array; expected an .npz archive (numpy.savez)")
+        raise ValueError(f"data: {path} holds a single array; expected an .npz archive (numpy.savez)")
     if not magic.startswith(b"PK"):  # an .npz is a zip archive; text or pickle files are refused before numpy
-        raise ValueError(f"--data: {path} is not a readable .npz archive (not a zip file); write one with numpy.savez")
+        raise ValueError(f"data: {path} is not a readable .npz archive (not a zip file); write one with numpy.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise ValueError(f"--data: {path} is not a readable .npz file ({error})") from None
+        raise ValueError(f"data: {path} is not a readable .npz file ({error})") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"--data: {path} holds a single array; expected an .npz archive (numpy.savez)")
+        raise ValueError(f"data: {path} holds a single array; expected an .npz archive (numpy.savez)")
     arrays = {}
     with loaded:
         for key in loaded.files:
@@ -57,15 +57,15 @@ def _read(path: Path) -> dict[str, np.ndarray]:
             except ValueError as error:
                 objects = "allow_pickle" in str(error)  # numpy refuses object arrays without pickle
                 reason = "holds Python objects; expected numbers" if objects else f"cannot be read ({error})"
-                raise ValueError(f"--data: array {key!r} in {path} {reason}") from None
+                raise ValueError(f"data: array {key!r} in {path} {reason}") from None
             except (zipfile.BadZipFile, OSError, EOFError) as error:
-                raise ValueError(f"--data: array {key!r} in {path} cannot be read ({error})") from None
+                raise ValueError(f"data: array {key!r} in {path} cannot be read ({error})") from None
     return arrays
 
 
 def _numeric(key: str, array: np.ndarray) -> None:
     if array.dtype.kind not in "biuf":
-        raise ValueError(f"--data: array {key!r} has dtype {array.dtype}; expected numbers (int, float or bool)")
+        raise ValueError(f"data: array {key!r} has dtype {array.dtype}; expected numbers (int, float or bool)")
 
 
 def _float32(key: str, array: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def _float32(key: str, array: np.ndarray) -> np.ndarray:
         beyond = int(bad.sum()) - before
         detail = f" ({beyond} of them beyond float32's range, |x| > 3.4e38)" if beyond else ""
         raise ValueError(
-            f"--data: array {key!r} contains {nan} NaN and {int(bad.sum()) - nan} Inf values as float32{detail}; "
+            f"data: array {key!r} contains {nan} NaN and {int(bad.sum()) - nan} Inf values as float32{detail}; "
             "expected finite numbers"
         )
     return cast
@@ -94,7 +94,7 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
     path = Path(path)
     arrays = _read(path)
     if not arrays:
-        raise ValueError(f"--data: {path} is empty; expected one array per modality and 'y'")
+        raise ValueError(f"data: {path} is empty; expected one array per modality and 'y'")
     masks = {k[: -len(MASK_SUFFIX)]: v for k, v in arrays.items() if k.endswith(MASK_SUFFIX)}
     present = {k[: -len(PRESENT_SUFFIX)]: v for k, v in arrays.items() if k.endswith(PRESENT_SUFFIX)}
     modalities = {
@@ -104,19 +104,19 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
     }
     if not modalities:
         raise ValueError(
-            f"--data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'"
+            f"data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'"
         )
     if require_y and "y" not in arrays:
-        raise ValueError(f"--data: {path} has no 'y' array (targets); found {sorted(arrays)}")
+        raise ValueError(f"data: {path} has no 'y' array (targets); found {sorted(arrays)}")
     unknown = sorted((set(masks) | set(present)) - set(modalities))
     if unknown:
-        raise ValueError(f"--data: mask(s) for unknown modalities {unknown}; modalities are {sorted(modalities)}")
+        raise ValueError(f"data: mask(s) for unknown modalities {unknown}; modalities are {sorted(modalities)}")
     for key, array in arrays.items():
         _numeric(key, array)
     for name, array in modalities.items():
         if array.ndim not in (2, 3):
             raise ValueError(
-                f"--data: modality {name!r} has shape {array.shape}; expected (N, T, D) tokens or (N, D) features"
+                f"data: modality {name!r} has shape {array.shape}; expected (N, T, D) tokens or (N, D) features"
                 + (" (reshape a single feature to (N, 1))" if array.ndim == 1 else "")
             )
     counts = {name: array.shape[0] for name, array in modalities.items()}
@@ -124,10 +124,10 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
         counts["y"] = arrays["y"].shape[0] if arrays["y"].ndim else 0
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k} N={n}" for k, n in counts.items())
-        raise ValueError(f"--data: arrays disagree on the number of samples: {listed}")
+        raise ValueError(f"data: arrays disagree on the number of samples: {listed}")
     n = next(iter(counts.values()))
     if n < 2 and require_y:
-        raise ValueError(f"--data: {path} has {n} sample(s); expected at least 2 to train and validate")
+        raise ValueError(f"data: {path} has {n} sample(s); expected at least 2 to train and validate")
     inputs = {name: torch.from_numpy(_float32(name, a)) for name, a in modalities.items()}
     mask_tensors = {}
     for name, mask in masks.items():
@@ -136,19 +136,19 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
             mask = mask[:, None]
         if mask.shape != (n, tokens):
             raise ValueError(
-                f"--data: mask {name + MASK_SUFFIX!r} has shape {mask.shape}; expected (N, T) = {(n, tokens)}"
+                f"data: mask {name + MASK_SUFFIX!r} has shape {mask.shape}; expected (N, T) = {(n, tokens)}"
             )
         if mask.dtype.kind != "b" and not np.isin(mask, (0, 1)).all():
             raise ValueError(
-                f"--data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values"
+                f"data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values"
             )
         mask_tensors[name] = torch.from_numpy(mask.astype(bool))
     for name, flags in present.items():
         key = name + PRESENT_SUFFIX
         if flags.shape != (n,):
-            raise ValueError(f"--data: presence flags {key!r} have shape {flags.shape}; expected (N,) = ({n},)")
+            raise ValueError(f"data: presence flags {key!r} have shape {flags.shape}; expected (N,) = ({n},)")
         if flags.dtype.kind != "b" and not np.isin(flags, (0, 1)).all():
-            raise ValueError(f"--data: presence flags {key!r} must be bool or 0/1 (1 = present), got other values")
+            raise ValueError(f"data: presence flags {key!r} must be bool or 0/1 (1 = present), got other values")
         tokens = 1 if inputs[name].dim() == 2 else inputs[name].shape[1]
         base = mask_tensors.get(name, torch.ones(n, tokens, dtype=torch.bool))
         mask_tensors[name] = base & torch.from_numpy(flags.astype(bool))[:, None]
@@ -159,16 +159,16 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
 
 def _targets(y: np.ndarray, n: int) -> torch.Tensor:
     if y.ndim not in (1, 2):
-        raise ValueError(f"--data: 'y' has shape {y.shape}; expected (N,) labels or (N,) / (N, K) targets")
+        raise ValueError(f"data: 'y' has shape {y.shape}; expected (N,) labels or (N,) / (N, K) targets")
     if y.dtype.kind in "biu":
         if y.ndim != 1 and not np.isin(y, (0, 1)).all():
             raise ValueError(
-                f"--data: integer 'y' must be (N,) class labels or (N, K) 0/1 label indicators, "
+                f"data: integer 'y' must be (N,) class labels or (N, K) 0/1 label indicators, "
                 f"got shape {y.shape} with other values"
             )
         if y.dtype == np.uint64 and len(y) and int(y.max()) > np.iinfo(np.int64).max:
             raise ValueError(
-                f"--data: 'y' holds uint64 labels up to {int(y.max())}, beyond int64 (max 2**63 - 1); "
+                f"data: 'y' holds uint64 labels up to {int(y.max())}, beyond int64 (max 2**63 - 1); "
                 "renumber the classes"
             )
         return torch.from_numpy(y.astype(np.int64))
@@ -177,12 +177,12 @@ def _targets(y: np.ndarray, n: int) -> torch.Tensor:
 
 def _split(split: np.ndarray, n: int) -> np.ndarray:
     if split.shape != (n,):
-        raise ValueError(f"--data: 'split' has shape {split.shape}; expected (N,) = ({n},)")
+        raise ValueError(f"data: 'split' has shape {split.shape}; expected (N,) = ({n},)")
     if split.dtype.kind == "f" and not np.all(np.mod(split, 1) == 0):
-        raise ValueError("--data: 'split' must hold integers 0 (train), 1 (val), 2 (test), got fractions")
+        raise ValueError("data: 'split' must hold integers 0 (train), 1 (val), 2 (test), got fractions")
     bad = sorted(set(np.unique(split).tolist()) - {0, 1, 2})
     if bad:
-        raise ValueError(f"--data: 'split' must hold 0 (train), 1 (val), 2 (test), got other values {bad[:5]}")
+        raise ValueError(f"data: 'split' must hold 0 (train), 1 (val), 2 (test), got other values {bad[:5]}")
     return split.astype(np.int64)
 
 

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from crossfuse.data.dataset import MultimodalDataset
-from crossfuse.data.npz import SPLITS, load_npz, seeded_split
+from crossfuse.data.directory import load_data
+from crossfuse.data.npz import SPLITS, seeded_split
 
 TASKS = ("classification", "multilabel", "regression")
 
@@ -115,8 +116,9 @@ class TrainingData:
 
 
 def load_training_data(path: str | Path, task: str | None = None, split_seed: int = 0) -> TrainingData:
-    """Read ``path`` (see `crossfuse.data.npz.load_npz`), infer or check the task, split 70/15/15 if needed."""
-    data, split = load_npz(path)
+    """Read ``path`` (an .npz or a data-set directory, `crossfuse.data.directory.load_data`), infer or check the
+    task, split 70/15/15 if needed."""
+    data, split = load_data(path)
     notice = ""
     if task is None:
         task, notice = task_notice(data.y)
