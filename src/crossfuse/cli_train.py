@@ -358,7 +358,9 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
         "predict", help="predictions of a trained run for new data, as CSV", formatter_class=formatter
     )
     predict.add_argument("--run", required=True, help="run directory written by `crossfuse train`")
-    predict.add_argument("--data", required=True, help=".npz (y not needed) or data-set directory with the same modalities")
+    predict.add_argument(
+        "--data", required=True, help=".npz or data-set directory with the same modalities (y not needed)"
+    )
     predict.add_argument("--out", required=True, help="CSV file to write")
     predict.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="which weights")
     predict.add_argument("--force", action="store_true", help="overwrite --out")

@@ -103,9 +103,7 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
         if k not in RESERVED and not k.endswith(MASK_SUFFIX) and not k.endswith(PRESENT_SUFFIX)
     }
     if not modalities:
-        raise ValueError(
-            f"data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'"
-        )
+        raise ValueError(f"data: {path} has no modality arrays (only {sorted(arrays)}); expected e.g. 'image', 'text'")
     if require_y and "y" not in arrays:
         raise ValueError(f"data: {path} has no 'y' array (targets); found {sorted(arrays)}")
     unknown = sorted((set(masks) | set(present)) - set(modalities))
@@ -139,9 +137,7 @@ def load_npz(path: str | Path, require_y: bool = True) -> tuple[MultimodalDatase
                 f"data: mask {name + MASK_SUFFIX!r} has shape {mask.shape}; expected (N, T) = {(n, tokens)}"
             )
         if mask.dtype.kind != "b" and not np.isin(mask, (0, 1)).all():
-            raise ValueError(
-                f"data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values"
-            )
+            raise ValueError(f"data: mask {name + MASK_SUFFIX!r} must be bool (True = valid) or 0/1, got other values")
         mask_tensors[name] = torch.from_numpy(mask.astype(bool))
     for name, flags in present.items():
         key = name + PRESENT_SUFFIX
