@@ -151,3 +151,21 @@ def test_png_round_trip_and_bad_files(tmp_path) -> None:
         load_png(tmp_path / "junk.png", 64)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_png(tmp_path / "missing.png", 64)
+
+
+def test_load_png_checks_the_size_from_the_header_before_decoding(tmp_path) -> None:
+    """A small file that claims 9000x9000 pixels (its pixel data cut short) is refused by its header's size:
+    decoding it first would need ~81 MB per channel and then fail on the truncated data instead."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 9001)  # one row of 9000
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError, match=r"image: expected a 64x64 image, got 9000x9000"):
+        load_png(path, 64)

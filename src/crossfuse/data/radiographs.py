@@ -433,10 +433,10 @@ def load_png(path: Path, size: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image: no such file {str(path)!r}")
     try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        with Image.open(path) as img:  # reads the header only; the size is checked before any pixel is decoded
+            width, height = img.size
+            if (width, height) != (size, size):
+                raise ValueError(f"image: expected a {size}x{size} image, got {width}x{height} ({path})")
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image: cannot read {str(path)!r} as an image ({error})") from None
-    if array.shape != (size, size):
-        raise ValueError(f"image: expected a {size}x{size} image, got {array.shape[1]}x{array.shape[0]} ({path})")
-    return array
