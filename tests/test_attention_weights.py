@@ -130,3 +130,16 @@ def test_nan_in_padded_keys_does_not_leak(weights: bool) -> None:
     clean = attn(query, context, context_mask=mask, return_attention=weights)
     dirty = attn(query, poisoned, context_mask=mask, return_attention=weights)
     torch.testing.assert_close(dirty, clean)
+
+
+def test_a_filled_static_cache_refuses_another_context_until_reset() -> None:
+    attn = CrossAttention(8, 8, 2).eval()
+    cache, query = KVCache(static=True), torch.randn(1, 1, 8)
+    first, second = torch.randn(1, 5, 8), torch.randn(1, 7, 8)
+    attn(query, first, cache=cache)
+    with pytest.raises(ValueError, match=r"context: the static cache already holds"):
+        attn(query, second, cache=cache)  # would silently attend over ``first``
+    reused = attn(query, None, cache=cache)
+    torch.testing.assert_close(reused, attn(query, first))
+    cache.reset()
+    torch.testing.assert_close(attn(query, second, cache=cache), attn(query, second))

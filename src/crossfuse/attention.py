@@ -230,6 +230,11 @@ class CrossAttention(nn.Module):
                     "cast one of them or run under torch.autocast"
                 )
         elif reuse_static:
+            if context is not None:
+                raise ValueError(
+                    "context: the static cache already holds a projected context and would ignore this one; "
+                    "pass context=None to reuse it, or call cache.reset() first"
+                )
             sizes["Nk"] = cache.length
             if cache.key.shape[0] != sizes["B"]:
                 raise ValueError(
