@@ -6,8 +6,8 @@ builds the vocabulary from the training reports and trains a `Captioner` by teac
 ``"vit"``, with ViT register tokens) and the film variant (``"standard"`` or ``"hard"``) are
 fields of it, and so is the weight of the auxiliary multi-label finding loss on the encoder
 (`crossfuse.models.finding_head`: without it the local captioner ignores its image at the quick
-budget and writes the majority report), so `crossfuse caption-train` and `crossfuse.lab.report_generation` share one code
-path and the CLI never imports an experiment.
+budget and writes the majority report), so `crossfuse caption-train` and
+`crossfuse.lab.report_generation` share one code path and the CLI never imports an experiment.
 
 Shapes: images (B, 1, S, S) and reports as token ids (B, T); see `crossfuse.models.captioner`.
 """
