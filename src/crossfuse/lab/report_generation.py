@@ -97,17 +97,29 @@ JUDGED_ROW = "local"
 
 @dataclass(frozen=True)
 class Plan:
-    """Seeds and the captioner budget of one size; every row and seed trains with ``shape``."""
+    """Seeds and the captioner budgets of one size: the judged row trains with ``shape``, the others with
+    ``comparison`` (its training-set size and epochs; the same recipe and test films), or ``shape`` if None."""
 
     seeds: int
     expected_s: float | None
     judged: bool
     shape: CaptionerShape
+    comparison: CaptionerShape | None = None
+
+    def shape_of(self, row: Row) -> CaptionerShape:
+        base = self.shape if row.name == JUDGED_ROW or self.comparison is None else self.comparison
+        return replace(base, encoder=row.encoder, registers=row.registers, variant=row.variant)
 
 
 PLANS: dict[Size, Plan] = {
     "smoke": Plan(1, 20.0, False, CaptionerShape(n_train=64, n_val=12, n_test=12, epochs=1, dim=32)),
-    "quick": Plan(1, 115.0, True, CaptionerShape(n_train=2400, n_val=60, n_test=200, epochs=4, batch_size=16)),
+    "quick": Plan(
+        1,
+        110.0,
+        True,
+        CaptionerShape(n_train=2400, n_val=60, n_test=200, epochs=8, batch_size=16),
+        comparison=CaptionerShape(n_train=1200, n_val=60, n_test=200, epochs=4, batch_size=16),
+    ),
     "full": Plan(3, None, True, CaptionerShape(n_train=12000, n_val=200, n_test=1000, epochs=10)),
 }
 EXPLORER_EXAMPLES = 4
@@ -159,8 +171,7 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     for i, seed in enumerate(seeds, start=1):
         for row in ROWS:
             say = lambda text, row=row, i=i: progress(f"{row.name}: {text} [seed {i}/{len(seeds)}]")  # noqa: E731
-            shape = replace(plan.shape, encoder=row.encoder, registers=row.registers, variant=row.variant)
-            trained = train_captioner(shape, seed, say)
+            trained = train_captioner(plan.shape_of(row), seed, say)
             prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
             kinds = VARIANT_KINDS[row.variant]
             if not method:  # the judged row of the first seed picks the method, on validation films only
@@ -231,9 +242,11 @@ def _tables(scores: dict[str, list[dict]], validation: dict[str, float], method:
     for row in ROWS:
         s = scores[row.name]
         macro = [x["pointing"]["macro"] for x in s]
+        budget = plan.shape_of(row)
         rows.append(
             [
                 row.name,
+                f"{budget.n_train} x {budget.epochs}",
                 _fmt([x["f1_macro"] for x in s]),
                 _fmt([x["bleu4"] for x in s], 1),
                 _fmt([m["hit"] for m in macro]),
@@ -246,7 +259,17 @@ def _tables(scores: dict[str, list[dict]], validation: dict[str, float], method:
     tables = [
         Table(
             f"Held-out reports per model ({len(seeds)} seed(s), {plan.shape.n_test} films each; {method} heatmaps)",
-            ["model", "F1 (macro)", "BLEU-4", "hit", "chance", "chance-corrected", "mass in box", "box share"],
+            [
+                "model",
+                "studies x epochs",
+                "F1 (macro)",
+                "BLEU-4",
+                "hit",
+                "chance",
+                "chance-corrected",
+                "mass in box",
+                "box share",
+            ],
             rows,
         )
     ]
