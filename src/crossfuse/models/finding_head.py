@@ -2,7 +2,8 @@
 
 Why: trained on report tokens alone at the report experiment's quick budget (600 steps), the local
 captioner ignores its image: its loss on image-dependent words is the same with the memory of another
-film (0.805 vs 0.806, seed 0) and it writes the majority (normal) report for every film. The
+film (1.041 vs 1.041, seed 0, `benchmarks/captioner_memory_use.py`) and it writes the majority (normal)
+report for every film. The
 encoder can detect every finding at that budget when it is trained for them directly
 (`benchmarks/encoder_detectability.py`), but the caption loss reaches the encoder only through
 near-uniform cross-attention, a mean over 64 patches, where a finding's few patches are diluted. An
