@@ -17,18 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossfuse.data.radiographs import LUNG_ZONES, SIDES, VARIANT_KINDS, Study, generate_studies
+from crossfuse.data.radiographs import VARIANT_KINDS, Study, generate_studies
+from crossfuse.models.finding_head import finding_classes
 from crossfuse.models.local_encoder import LocalPatchEncoder
 from crossfuse.models.patch_encoder import PatchEncoder
-
-
-def classes_of(variant: str) -> list[tuple[str, str]]:
-    def locations(kind: str) -> tuple[str, ...]:
-        if kind == "pleural effusion":
-            return SIDES
-        return ("heart",) if kind == "cardiomegaly" else LUNG_ZONES
-
-    return [(k, loc) for k in VARIANT_KINDS[variant] for loc in locations(k)]
 
 
 def tensors(studies: list[Study], index: dict[tuple[str, str], int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    classes = classes_of(args.variant)
+    classes = finding_classes(args.variant)
     index = {c: i for i, c in enumerate(classes)}
     x_train, y_train = tensors(generate_studies(args.n_train, 3 * args.seed + 1000, variant=args.variant), index)
     x_test, y_test = tensors(generate_studies(300, 3 * args.seed + 1002, variant=args.variant), index)

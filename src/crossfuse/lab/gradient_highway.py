@@ -28,7 +28,11 @@ at initialisation 2.11/1.72/1.85/2.09. Criteria and plan unchanged after the run
 only and never judged: the same ratio at the image-dependent tokens of `crossfuse.lab.pointing` (issue 16 item 3:
 the finding word is often forced by the words before it, so the image need not decide it). Rerun after merging
 the reworked report experiment (104.9 CPU s): every judged figure identical; image-dependent tokens: local 0.94,
-ViT 0.95 (627 tokens).
+ViT 0.95 (627 tokens). Rerun after the shared recipe gained the auxiliary finding loss on the encoder
+(`crossfuse.models.finding_head`, weight 1.0; plan and criteria unchanged; quick, seeds 0-1, 95.5 CPU s with one
+thread): still inconclusive (entropy 0.960 >= 0.95). (a) routing median ratio: local, trained 1.06 (cardiomegaly
+1.84, nodule 0.92, opacity 1.02, effusion 0.86); ViT, trained 0.94; pooled 1.00; local, untrained 0.87;
+image-dependent tokens: local 1.08, ViT 0.98 (627 tokens). (b) unchanged (it does not use the captioner recipe).
 
 Exploratory, not a declared run (`train_captioner` at the report experiment's quick budget, 6,000 studies x 8
 epochs, local encoder, seed 0, 164.7 CPU s for training and scoring): entropy 0.910 (the precondition would hold),

@@ -25,9 +25,9 @@ from torch import Tensor
 from crossfuse.models.captioner import Captioner
 
 METHODS = ("raw", "mean", "gradient")
-DEFAULT_METHOD = "raw"
-"""The report experiment picks the method that scores best on validation films; in its quick run (seed 0) no
-method could be scored (the local model asserted no finding), so this stays at raw attention, the plain reading."""
+DEFAULT_METHOD = "mean"
+"""The method that scored best on validation films in the report experiment's quick run (local encoder, seed 0,
+macro chance-corrected pointing: raw 0.556, mean 0.672, gradient 0.574)."""
 
 
 def _check_methods(methods: tuple[str, ...] | list[str]) -> None:

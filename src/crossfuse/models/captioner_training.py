@@ -4,8 +4,10 @@
 builds the vocabulary from the training reports and trains a `Captioner` by teacher forcing with
 `crossfuse.train.fit`. `CaptionerShape` holds the sizes and the budget; the encoder (``"local"`` or
 ``"vit"``, with ViT register tokens) and the film variant (``"standard"`` or ``"hard"``) are
-fields of it, so `crossfuse caption-train` and `crossfuse.lab.report_generation` share one code
-path and the CLI never imports an experiment.
+fields of it, and so is the weight of the auxiliary multi-label finding loss on the encoder
+(`crossfuse.models.finding_head`: without it the local captioner ignores its image at the quick
+budget and writes the majority report), so `crossfuse caption-train` and
+`crossfuse.lab.report_generation` share one code path and the CLI never imports an experiment.
 
 Shapes: images (B, 1, S, S) and reports as token ids (B, T); see `crossfuse.models.captioner`.
 """
@@ -19,6 +21,12 @@ import torch
 
 from crossfuse.data.radiographs import RadiographDataset, Study, Vocabulary, generate_studies, max_report_length
 from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
+from crossfuse.models.finding_head import (
+    CaptionerWithFindings,
+    CaptionWithFindingsObjective,
+    LabelledRadiographs,
+    finding_classes,
+)
 from crossfuse.train import FitResult, TrainConfig, fit
 
 IMAGE_SIZE = 64
@@ -42,6 +50,7 @@ class CaptionerShape:
     encoder: str = "local"
     registers: int = 0
     variant: str = "standard"
+    finding_loss: float = 1.0  # weight of the auxiliary finding loss (`crossfuse.models.finding_head`); 0 = off
 
 
 CAPTIONER_SIZES: dict[str, CaptionerShape] = {
@@ -99,11 +108,16 @@ def train_captioner(
     )
     say(f"training the captioner ({shape.encoder} encoder), seed {seed} ({shape.epochs} epochs on {shape.n_train})")
     config = TrainConfig(epochs=shape.epochs, batch_size=shape.batch_size, lr=shape.lr, seed=seed)
-    result = fit(
-        model,
-        RadiographDataset(train, vocab, max_len),
-        RadiographDataset(val, vocab, max_len),
-        config,
-        objective=CaptionObjective(pad_id=vocab.pad_id),
-    )
+    train_data, val_data = RadiographDataset(train, vocab, max_len), RadiographDataset(val, vocab, max_len)
+    if shape.finding_loss:
+        classes = finding_classes(shape.variant)
+        result = fit(
+            CaptionerWithFindings(model, len(classes)),
+            LabelledRadiographs(train_data, classes),
+            LabelledRadiographs(val_data, classes),
+            config,
+            objective=CaptionWithFindingsObjective(pad_id=vocab.pad_id, weight=shape.finding_loss),
+        )
+    else:
+        result = fit(model, train_data, val_data, config, objective=CaptionObjective(pad_id=vocab.pad_id))
     return TrainedCaptioner(model.eval(), vocab, result, val, test, [s.report for s in train], seed)
