@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +82,21 @@ def test_speed_factor_scales_and_clips() -> None:
         speed_factor(step_ms=0.0)
     measured = runner.speed_factor()  # the real probe: a positive time, a factor in range
     assert measured.step_ms > 0 and FACTOR_RANGE[0] <= measured.factor <= FACTOR_RANGE[1]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="busy_cores samples /proc/stat (Linux)")
+def test_busy_cores_sees_a_spinning_process() -> None:
+    """`auto_jobs` judges idleness from a short /proc/stat sample, not the 1-minute load average."""
+    import subprocess
+    import sys
+
+    from crossfuse.lab.runner import busy_cores
+
+    assert 0.0 <= busy_cores(0.2) <= (os.cpu_count() or 1)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()

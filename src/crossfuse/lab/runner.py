@@ -174,12 +174,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle + iowait, total) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])
+
+
+def busy_cores(sample_s: float = 0.5) -> float:
+    """Cores kept busy by other work now: measured over ``sample_s`` from /proc/stat (the 1-minute load
+    average, used where /proc/stat is missing, still counts work that ended seconds ago, e.g. an install)."""
+    cores = os.cpu_count() or 1
+    first = _cpu_times()
+    if first is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(sample_s)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return 0.0
+    idle = (second[0] - first[0]) / (second[1] - first[1])
+    return max(0.0, 1.0 - idle) * cores
+
+
 def auto_jobs(cores: int | None = None, load: float | None = None) -> int:
-    """Experiments to run at once: up to 2, one per core left idle by other work (load average), at least 1."""
+    """Experiments to run at once: up to 2, one per core left idle by other work (`busy_cores`), at least 1."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = busy_cores()
     return max(1, min(2, cores, round(cores - load)))
 
 
