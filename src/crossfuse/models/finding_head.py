@@ -90,6 +90,10 @@ class CaptionerWithFindings(nn.Module):
         self.head = nn.Linear(gh * gw * captioner.config.dim, num_classes)
 
     def forward(self, images: Tensor, tokens: Tensor) -> CaptionerOutput:
+        """Caption logits and finding logits from the same encoder pass.
+
+        Shapes: images (B, C, H, W), tokens (B, T) -> CaptionerOutput(logits (B, T, V), finding logits (B, K)).
+        """
         self.captioner.check_inputs(images, tokens)
         memory = self.captioner.encoder(images)  # the patch memory, before any pooling
         pooled = self.captioner.config.memory == "pooled"
