@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dropout = f"; modality dropout {args.modality_dropout}" if args.modality_dropout else ""
     print(f"model: {args.fusion}, {model.num_parameters:,} parameters; task {training.task}{classes}{dropout}")
     if resuming:
-        print(f"resuming {out}")
+        print(f"resuming {out} if it matches this data and these options (checked before anything is written)")
     metadata = {
         "targets": targets.to_json(),
         "data": {"path": str(Path(args.data).resolve()), "split": training.source, "split_seed": args.split_seed},
