@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossfuse.validation import check_tensor
+from crossfuse.models.patch_encoder import PatchGrid
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -55,7 +55,7 @@ class LocalGridBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class LocalPatchEncoder(nn.Module):
+class LocalPatchEncoder(PatchGrid):
     """3x3 pixel stem + patch embedding + positional embedding + local grid blocks + LayerNorm.
 
     Args:
@@ -83,15 +83,9 @@ class LocalPatchEncoder(nn.Module):
         stem_channels: int = 16,
         standardize: bool = True,
     ) -> None:
-        super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        super().__init__(image_size, patch_size, in_channels, standardize)
         if depth < 0:
             raise ValueError(f"depth: expected >= 0, got {depth}")
-        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
-        self.standardize = standardize
-        self.grid = (image_size // patch_size, image_size // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_channels, kernel_size=3, padding=1), nn.GELU())
         self.patch_embed = nn.Conv2d(stem_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *self.grid))
@@ -104,16 +98,9 @@ class LocalPatchEncoder(nn.Module):
         """Side, in patches, of the grid neighbourhood one output token can see."""
         return 2 * len(self.blocks) + 1
 
-    def check_images(self, images: Tensor) -> None:
-        """Validate a user-facing batch of images (raises ValueError naming ``images``)."""
-        check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
-
     def forward(self, images: Tensor) -> Tensor:
         """Shapes: images: (B, C, H, W)  ->  patches: (B, N, D)."""
-        if self.standardize:
-            mean = images.mean(dim=(1, 2, 3), keepdim=True)
-            images = (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        x = self.patch_embed(self.stem(images)) + self.pos_embed  # (B, D, gh, gw)
+        x = self.patch_embed(self.stem(self.standardized(images))) + self.pos_embed  # (B, D, gh, gw)
         for block in self.blocks:
             x = block(x)
         return self.norm(x.flatten(2).transpose(1, 2))

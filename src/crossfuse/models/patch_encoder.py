@@ -23,7 +23,39 @@ from crossfuse.blocks import SelfAttentionBlock
 from crossfuse.validation import check_tensor
 
 
-class PatchEncoder(nn.Module):
+class PatchGrid(nn.Module):
+    """What the image encoders share: square images cut into a grid of square patches, input checks, and
+    per-image standardisation. Subclasses (`PatchEncoder`, `LocalPatchEncoder`) add the layers and ``forward``.
+
+    Shapes: images: (B, C, H, W), H = W = ``image_size``  ->  a (gh, gw) grid of N = gh * gw patch tokens.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, standardize: bool) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.standardize = standardize
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+
+    def check_images(self, images: Tensor) -> None:
+        """Validate a user-facing batch of images (raises ValueError naming ``images``)."""
+        check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
+
+    def standardized(self, images: Tensor) -> Tensor:
+        """Each image at zero mean and unit variance when ``standardize`` (else unchanged). Shapes: (B, C, H, W)."""
+        if not self.standardize:
+            return images
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        return (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Shapes: images: (B, C, H, W)  ->  patches: (B, N, D); implemented by the subclasses."""
+        raise NotImplementedError
+
+
+class PatchEncoder(PatchGrid):
     """Patch embedding + positional embedding + self-attention blocks + final LayerNorm.
 
     Args:
@@ -52,15 +84,9 @@ class PatchEncoder(nn.Module):
         standardize: bool = True,
         registers: int = 0,
     ) -> None:
-        super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"patch_size: expected a divisor of image_size={image_size}, got {patch_size}")
+        super().__init__(image_size, patch_size, in_channels, standardize)
         if registers < 0:
             raise ValueError(f"registers: expected >= 0, got {registers}")
-        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
-        self.standardize = standardize
-        self.grid = (image_size // patch_size, image_size // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -69,16 +95,9 @@ class PatchEncoder(nn.Module):
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def check_images(self, images: Tensor) -> None:
-        """Validate a user-facing batch of images (raises ValueError naming ``images``)."""
-        check_tensor("images", images, (None, self.in_channels, self.image_size, self.image_size), dtype="float")
-
     def forward(self, images: Tensor) -> Tensor:
         """Shapes: images: (B, C, H, W)  ->  patches: (B, N, D)."""
-        if self.standardize:
-            mean = images.mean(dim=(1, 2, 3), keepdim=True)
-            images = (images - mean) / (images.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        x = self.patch_embed(self.standardized(images)).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         if self.registers is not None:
             x = torch.cat([x, self.registers.expand(x.shape[0], -1, -1)], dim=1)  # (B, N + R, D)
         for block in self.blocks:
