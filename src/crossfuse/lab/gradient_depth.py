@@ -25,31 +25,10 @@ from torch import Tensor, nn
 
 from crossfuse.blocks import SelfAttentionBlock
 from crossfuse.data.radiographs import RadiographDataset
-from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective
-from crossfuse.models.local_encoder import LocalPatchEncoder
-from crossfuse.models.patch_encoder import PatchEncoder
+from crossfuse.models.captioner import Captioner, CaptionerConfig, CaptionObjective, image_encoder
 from crossfuse.train import TrainConfig, fit
 
 MODELS = ("cross", "prefix")
-
-
-def image_encoder(c: CaptionerConfig) -> nn.Module:
-    """The encoder `Captioner` builds for ``c`` (``encoder="local"`` or ``"vit"``), built the same way."""
-    if c.encoder == "local":
-        return LocalPatchEncoder(
-            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
-        )
-    return PatchEncoder(
-        c.image_size,
-        c.patch_size,
-        c.in_channels,
-        c.dim,
-        c.encoder_layers,
-        c.num_heads,
-        c.mlp_ratio,
-        c.dropout,
-        registers=c.registers,
-    )
 
 
 class PrefixCaptioner(nn.Module):

@@ -104,6 +104,28 @@ class DecoderOutput(NamedTuple):
     attention: list[Tensor] | None = None
 
 
+def image_encoder(c: CaptionerConfig) -> PatchEncoder | LocalPatchEncoder:
+    """The image encoder of ``c.encoder`` ("local" or "vit"), built from the config's fields.
+
+    Shapes: the encoder maps images (B, C, H, W) -> patch features (B, N, D).
+    """
+    if c.encoder == "local":
+        return LocalPatchEncoder(
+            c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
+        )
+    return PatchEncoder(
+        c.image_size,
+        c.patch_size,
+        c.in_channels,
+        c.dim,
+        c.encoder_layers,
+        c.num_heads,
+        c.mlp_ratio,
+        c.dropout,
+        registers=c.registers,
+    )
+
+
 class Captioner(nn.Module):
     """Patch encoder + cross-attention decoder + linear head over the vocabulary.
 
@@ -113,23 +135,7 @@ class Captioner(nn.Module):
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         c = self.config = config
-        self.encoder: PatchEncoder | LocalPatchEncoder
-        if c.encoder == "local":
-            self.encoder = LocalPatchEncoder(
-                c.image_size, c.patch_size, c.in_channels, c.dim, c.encoder_layers, c.mlp_ratio, c.dropout
-            )
-        else:
-            self.encoder = PatchEncoder(
-                c.image_size,
-                c.patch_size,
-                c.in_channels,
-                c.dim,
-                c.encoder_layers,
-                c.num_heads,
-                c.mlp_ratio,
-                c.dropout,
-                registers=c.registers,
-            )
+        self.encoder = image_encoder(c)
         self.token_embed = nn.Embedding(c.vocab_size, c.dim)
         self.pos_embed = nn.Embedding(c.max_len, c.dim)
         nn.init.normal_(self.token_embed.weight, std=0.02)
