@@ -20,18 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from crossfuse.cli import main
 from crossfuse.run_dir import LOCK_FILE
+from snapshots import snapshot
 
 SMALL = ["--epochs", "1", "--batch-size", "32", "--dim", "8", "--heads", "2", "--layers", "1", "--quiet"]
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every path under ``root``: file bytes, link target, or "<dir>"."""
-    out: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        out[key] = f"-> {os.readlink(path)}" if path.is_symlink() else "<dir>" if path.is_dir() else path.read_bytes()
-    return out
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -19,15 +19,7 @@ from crossfuse.run_dir import (
     read_marker,
     release_lock,
 )
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every path under ``root`` with its bytes (files) or link target; directories as "<dir>"."""
-    out: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        out[key] = f"-> {os.readlink(path)}" if path.is_symlink() else "<dir>" if path.is_dir() else path.read_bytes()
-    return out
+from snapshots import snapshot
 
 
 def make_run(path: Path, kind: str = "fusion") -> Path:
