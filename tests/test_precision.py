@@ -15,7 +15,7 @@ from torch import nn
 
 from crossfuse.precision import autocast, check_device, make_scaler, resolve_device
 from crossfuse.train import FusionObjective, TrainConfig, fit, predict
-from tiny_fusion import task, tiny
+from tiny_fusion import Interrupt, StopAt, task, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,27 +110,6 @@ def test_tensorboard_missing_is_refused_before_disk(tmp_path: Path, monkeypatch:
     with pytest.raises(ValueError, match=r"config\.tensorboard: needs the tensorboard package .*\[tensorboard\]"):
         fit(tiny(), TRAIN, VAL, TrainConfig(**{**CONFIG.__dict__, "tensorboard": True}), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
-
-
-class Interrupt(Exception):
-    pass
-
-
-class StopAt:
-    """Raises at a given step, like a crash after some checkpoints were written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
-        if step == self.step:
-            raise Interrupt
-
-    def step_record(self) -> dict[str, float]:
-        return {}
-
-    def messages(self) -> list[str]:
-        return []
 
 
 def test_fp16_resume_reaches_the_uninterrupted_weights(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from crossfuse.train import (
     predict,
     regression_metrics,
 )
-from tiny_fusion import TinyFusion, task, tiny
+from tiny_fusion import Interrupt, StopAt, TinyFusion, task, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,27 +190,6 @@ def test_out_dir_files_and_best_checkpoint(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "last" / "training_state.json").read_text())
     assert (state["epoch"], state["batch"], state["step"]) == (3, 0, 18)
     assert not list(tmp_path.glob(".*"))  # no staging leftovers
-
-
-class Interrupt(Exception):
-    pass
-
-
-class StopAt:
-    """Raises at a given step, like a crash (after some checkpoints were written)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
-        if step == self.step:
-            raise Interrupt
-
-    def step_record(self) -> dict[str, float]:
-        return {}
-
-    def messages(self) -> list[str]:
-        return []
 
 
 @pytest.mark.parametrize("stop", [7, 12])  # mid-epoch after a step checkpoint / first step of epoch 3

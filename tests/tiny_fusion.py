@@ -49,3 +49,24 @@ def task(n: int = 96, seed: int = 0, regression: bool = False) -> MultimodalData
     y = score[:, None] if regression else torch.bucketize(score, torch.tensor([-0.3, 0.3]))
     masks = {"b": torch.rand(n, 5, generator=g) > 0.2}
     return MultimodalDataset(x, y, masks)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt:
+    """Raises at a given step, like a crash (after some checkpoints were written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_backward(self, model: nn.Module, batch: Any, output: Any, step: int) -> None:
+        if step == self.step:
+            raise Interrupt
+
+    def step_record(self) -> dict[str, float]:
+        return {}
+
+    def messages(self) -> list[str]:
+        return []
