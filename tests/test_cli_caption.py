@@ -79,13 +79,31 @@ def test_caption_end_to_end(run_dir: Path, tmp_path: Path) -> None:
     assert "gradient attention maps" in summary
 
 
-def test_caption_train_encoder_flag(tmp_path: Path) -> None:
+def test_caption_train_encoder_flags(tmp_path: Path) -> None:
     out = tmp_path / "vit"
-    done = crossfuse("caption-train", "--out", str(out), "--size", "smoke", "--samples", "0", "--encoder", "vit")
+    args = ("--size", "smoke", "--samples", "0", "--encoder", "vit", "--registers", "2", "--finding-loss", "0")
+    done = crossfuse("caption-train", "--out", str(out), *args)
     assert done.returncode == 0, done.stderr
-    assert load_captioner(out)[0].config.encoder == "vit"
+    config = load_captioner(out)[0].config
+    assert config.encoder == "vit" and config.registers == 2
     bad = crossfuse("caption-train", "--out", str(tmp_path / "x"), "--encoder", "cnn")
     assert bad.returncode == 2 and "--encoder" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (("--finding-loss", "-1"), "--finding-loss: expected a finite weight >= 0"),
+        (("--finding-loss", "nan"), "--finding-loss: expected a finite weight >= 0"),
+        (("--registers", "2"), "--registers: expected >= 0, and only with --encoder vit"),
+        (("--encoder", "vit", "--registers", "-1"), "--registers: expected >= 0"),
+    ],
+)
+def test_caption_train_bad_flags_leave_no_run(tmp_path: Path, capsys, flags: tuple, needle: str) -> None:
+    out = tmp_path / "run"
+    code = main(["caption-train", "--out", str(out), "--size", "smoke", *flags])
+    one_line_error(code, capsys.readouterr().err, needle)
+    assert not out.exists()  # refused before the run directory is made
 
 
 def test_caption_greedy_in_process(run_dir: Path, tmp_path: Path, capsys) -> None:

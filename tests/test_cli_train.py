@@ -139,7 +139,8 @@ def test_force_resume_and_messages(data_dir: Path, tmp_path: Path, capsys, monke
     assert main([*base, "--resume"]) == 0  # finished run: nothing left to train, same result
     assert final in capsys.readouterr().out
     assert main([*base, "--resume", "--lr", "0.5"]) == 2
-    assert "lr=0.001 (now 0.5)" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert "lr=0.001 (now 0.5)" in refused and refused.rstrip().endswith("start over with --force or a new --out")
     assert main([*base, "--force"]) == 0  # same seed: the same run again
     assert final in capsys.readouterr().out
     assert main([*base[:4], "cross", *base[5:], "--resume"]) == 2  # another model for this run

@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("CROSSFUSE_DEBUG"):
             raise
         text = str(error) if not isinstance(error, OSError) or not error.filename else _os_text(error)
+        text = text.replace(_start_over(), "start over with --force or a new --out")  # resume's words, as flags
         return _fail(flag_message(text, _command_parser(parser, args.command)))
     except KeyboardInterrupt:
         print("crossfuse: interrupted", file=sys.stderr)
@@ -112,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"internal error: {type(error).__name__}: {error} (CROSSFUSE_DEBUG=1 shows the traceback)", 1)
     finally:
         release_all()  # the run directory is free again when the command ends (also when it failed)
+
+
+def _start_over() -> str:
+    from crossfuse.resume import START_OVER  # lazily: the library's advice in a refused resume
+
+    return START_OVER
 
 
 def _os_text(error: OSError) -> str:

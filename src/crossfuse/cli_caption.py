@@ -12,11 +12,13 @@ from pathlib import Path
 from crossfuse.lab.result import SIZES
 from crossfuse.models.attention_maps import DEFAULT_METHOD, METHODS
 from crossfuse.models.captioner import ENCODERS
+from crossfuse.models.captioner_training import CaptionerShape
 from crossfuse.precision import DEVICE_KINDS, PRECISIONS
 
 
 def cmd_caption_train(args: argparse.Namespace) -> int:
     """Train the report captioner on generated chest films and save it as a run for `crossfuse caption`."""
+    import math
     from dataclasses import replace
 
     from crossfuse.checkpoint import save_captioner
@@ -26,9 +28,17 @@ def cmd_caption_train(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise ValueError(f"samples: expected >= 0, got {args.samples}")
+    if not (math.isfinite(args.finding_loss) and args.finding_loss >= 0):
+        raise ValueError(f"finding_loss: expected a finite weight >= 0 (0 = off), got {args.finding_loss}")
+    if args.registers < 0 or (args.registers and args.encoder != "vit"):
+        raise ValueError(
+            f"registers: expected >= 0, and only with --encoder vit; got {args.registers} (--encoder {args.encoder})"
+        )
     out = Path(args.out)
     prepare_run_dir(out, force=args.force, kind="captioner")
-    shape = replace(CAPTIONER_SIZES[args.size], encoder=args.encoder)
+    shape = replace(
+        CAPTIONER_SIZES[args.size], encoder=args.encoder, registers=args.registers, finding_loss=args.finding_loss
+    )
     trained = train_captioner(shape, args.seed, progress=lambda text: print(text, flush=True))
     save_captioner(out, trained.model, trained.vocab)
     samples = out / "samples"
@@ -106,6 +116,15 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     train.add_argument("--out", required=True, help="run directory to create")
     train.add_argument("--size", choices=SIZES, default="quick", help="data/training budget")
     train.add_argument("--encoder", choices=ENCODERS, default="local", help="local patch encoder or ViT")
+    train.add_argument(
+        "--registers", type=int, default=0, help="ViT register tokens the decoder never attends to (--encoder vit)"
+    )
+    train.add_argument(
+        "--finding-loss",
+        type=float,
+        default=CaptionerShape.finding_loss,
+        help="weight of the auxiliary multi-label finding loss on the encoder (0 = captions only)",
+    )
     train.add_argument("--seed", type=int, default=0, help="data and training seed")
     train.add_argument("--samples", type=int, default=4, help="held-out films (PNG + reference) to save")
     train.add_argument(
