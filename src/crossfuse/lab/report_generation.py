@@ -67,6 +67,19 @@ Exploratory, not a declared run (seed 1's own films, nothing chosen on them; loc
 0.901 (opacity 0.796, nodule 0.835, effusion 0.973, cardiomegaly 1.000), corrected pointing 0.526 with mean
 heatmaps (raw 0.537, gradient 0.447), every kind above chance. With one seed both judged figures sit near their
 thresholds (F1 0.889 / 0.901, pointing 0.641 / 0.526 on seeds 0 / 1): the quick verdict is fragile either way.
+
+Declared run at full size (`crossfuse lab run report --size full --threads 2`: 3 seeds, every row 12,000 studies x
+10 epochs, 1,000 test films; 4,510 s wall, 7,565 s user CPU on the 2-core AMD EPYC; criteria and recipe as above,
+unchanged): not supported. Precondition met (F1 opacity 0.990, nodule 0.986, effusion 0.994, cardiomegaly 0.999).
+Local, standard films: F1 0.992 macro (met), chance-corrected pointing 0.541 macro (< 0.6: fails; per seed 0.465 /
+0.553 / 0.606), every kind above chance (hit vs chance: opacity 0.669 vs 0.115, nodule 0.398 vs 0.063, effusion
+0.407 vs 0.103, cardiomegaly 0.886 vs 0.273); mass in box 0.166 against box share 0.069. Heatmaps: raw (last layer),
+chosen on validation films (raw 0.480, mean 0.351, gradient 0.235). Comparison rows, same budget: ViT F1 0.970,
+pointing 0.555; ViT + 4 registers F1 0.977, pointing 0.737 (the best-pointing row, on every seed: 0.787 / 0.681 /
+0.743); hard films F1 0.948 (rib fracture 0.839), pointing 0.539. So with enough training every encoder writes the
+findings, and the local encoder does not point better than the ViT; the ViT with registers points best. The local
+encoder's tokens each see 5x5 of the 8x8 patches, so "local" here still mixes most of the film; that, rather than
+the mechanism, may be why locality did not help (not tested).
 """
 
 from __future__ import annotations
