@@ -10,6 +10,10 @@ retrieval probability is a 1-D integral; the collapse sits near ``margin / sqrt(
 Second part: a cross-attention pointer (learned query/key projections, trained with
 `crossfuse.train.fit`) retrieves the key matching a clean query among ``n`` noisy random keys; its
 accuracy is compared with the same theory applied to the best dot-product score (the matched filter).
+
+Full size, first run (`crossfuse lab run critical_noise --size full`, 3 seeds; 268 s wall, 174 s user CPU with one
+thread on the 2-core AMD EPYC): supported; 33/33 Monte Carlo points inside the 99% band (max |MC - exact| 0.011),
+measured/theory critical sigma 1.000 / 1.005 / 0.999 at n = 16 / 256 / 4096, trained pointer 2.01 vs 2.05.
 """
 
 from __future__ import annotations
