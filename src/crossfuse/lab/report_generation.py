@@ -67,6 +67,8 @@ Exploratory, not a declared run (seed 1's own films, nothing chosen on them; loc
 0.901 (opacity 0.796, nodule 0.835, effusion 0.973, cardiomegaly 1.000), corrected pointing 0.526 with mean
 heatmaps (raw 0.537, gradient 0.447), every kind above chance. With one seed both judged figures sit near their
 thresholds (F1 0.889 / 0.901, pointing 0.641 / 0.526 on seeds 0 / 1): the quick verdict is fragile either way.
+The same declared quick run on commit c7e0232 (after the encoders' shared `PatchGrid` base, same architecture):
+F1 0.898 (opacity 0.867, nodule 0.810, effusion 0.916, cardiomegaly 1.000), pointing 0.719: not supported.
 
 Declared run at full size (`crossfuse lab run report --size full --threads 2`: 3 seeds, every row 12,000 studies x
 10 epochs, 1,000 test films; 4,510 s wall, 7,565 s user CPU on the 2-core AMD EPYC; criteria and recipe as above,
