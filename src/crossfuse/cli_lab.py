@@ -103,7 +103,12 @@ def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
         "torch CPU threads (the lab's models are small, and more threads on a busy CPU slow them down)",
         type=int,
     )
-    add("--jobs", "auto", "experiments at once in worker processes: N, or auto (2 when two cores are idle, else 1)")
+    add(
+        "--jobs",
+        "auto",
+        "processes at once: experiments, or one experiment's independent rows and seeds; N, or auto (2 when "
+        "two cores are idle, else 1)",
+    )
 
 
 def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:

@@ -55,6 +55,7 @@ from crossfuse.lab.gradient_figures import depth_figure, routing_figure
 from crossfuse.lab.gradient_routing import WordRouting, attention_entropy, routing_shares
 from crossfuse.lab.pointing import PrefixModel
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
+from crossfuse.lab.units import run_units
 from crossfuse.models.captioner import Captioner, CaptionerConfig
 from crossfuse.models.captioner_training import PATCH_SIZE, CaptionerShape, TrainedCaptioner, train_captioner
 
@@ -128,39 +129,55 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
-    """Routing shares of trained captioners, then the depth curve; see the module docstring."""
-    say = progress
-    patch = PATCH_SIZE
-    encoders = ENCODERS
-    routing: dict[str, list[WordRouting]] = {}
-    dependent: dict[str, list[WordRouting]] = {}  # reported only: image-dependent tokens
-    entropy: dict[str, list[float]] = {}
-    cpu: dict[str, float] = {}
+def _routing_unit(plan: Plan, encoder: str, seed: int, untrained_rows: bool, say: Progress) -> dict:
+    """Train one captioner and measure its routing shares and attention entropy (plus, when
+    ``untrained_rows``, the pooled decoder's and the untrained captioner's); a unit of `run_units`."""
     started = time.process_time()
-    for s in seeds:
-        for encoder in encoders:
-            trained = _train(plan, encoder, s, lambda text, e=encoder: say(f"{text} [{e}]"))
-            say(f"routing shares, {encoder}, seed {s}")
-            routing.setdefault(f"{encoder}, trained", []).extend(
-                routing_shares(trained.model, trained.vocab, trained.test, patch)
-            )
-            prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
-            dependent.setdefault(f"{encoder}, trained", []).extend(
-                routing_shares(trained.model, trained.vocab, trained.test, patch, prefix_model=prefix)
-            )
-            entropy.setdefault(encoder, []).append(attention_entropy(trained.model, trained.vocab, trained.test))
-            if encoder == encoders[0]:
-                for memory, label in (("pooled", "pooled decoder"), ("patches", f"{encoder}, untrained")):
-                    model = _untrained(trained, memory, s)
-                    routing.setdefault(label, []).extend(routing_shares(model, trained.vocab, trained.test, patch))
-                if "untrained" not in entropy:
-                    entropy["untrained"] = []
-                entropy["untrained"].append(attention_entropy(model, trained.vocab, trained.test))
-    cpu["routing"] = time.process_time() - started
+    trained = _train(plan, encoder, seed, lambda text: say(f"{text} [{encoder}]"))
+    say(f"routing shares, {encoder}, seed {seed}")
+    model, vocab, test = trained.model, trained.vocab, trained.test
+    prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
+    out = {
+        "routing": {f"{encoder}, trained": routing_shares(model, vocab, test, PATCH_SIZE)},
+        "dependent": {f"{encoder}, trained": routing_shares(model, vocab, test, PATCH_SIZE, prefix_model=prefix)},
+        "entropy": {encoder: attention_entropy(model, vocab, test)},
+    }
+    if untrained_rows:
+        for memory, label in (("pooled", "pooled decoder"), ("patches", f"{encoder}, untrained")):
+            model = _untrained(trained, memory, seed)
+            out["routing"][label] = routing_shares(model, vocab, test, PATCH_SIZE)
+        out["entropy"]["untrained"] = attention_entropy(model, vocab, test)
+    out["cpu_s"] = time.process_time() - started
+    return out
 
-    say("depth: generating studies")
+
+def _depth_unit(plan: Plan, config: CaptionerConfig, data, probe: dict, depth: int, seeds: list[int], say) -> dict:
+    """`depth_curve` at one decoder depth; a unit of `run_units`."""
     started = time.process_time()
+    points = depth_curve(config, data, probe, (depth,), seeds, plan.depth_steps, plan.batch_size, plan.lr, say)
+    return {"points": points, "cpu_s": time.process_time() - started}
+
+
+def _cost(unit: tuple[str, tuple]) -> float:
+    """Rough CPU seconds of a unit at quick size (2-core AMD EPYC), only to start the longest first."""
+    kind, args = unit
+    return 8.0 + 0.8 * args[4] if kind == "depth" else (23.0 if args[1] == "local" else 12.0)
+
+
+def _unit(kind: str, args: tuple, say: Progress) -> dict:
+    """A routing or depth unit (`run_units` takes one function)."""
+    return (_routing_unit if kind == "routing" else _depth_unit)(*args, say)
+
+
+def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
+    """Routing shares of trained captioners, then the depth curve; see the module docstring.
+
+    Its units (a captioner per seed and encoder, a depth point) are independent and seeded: on idle cores
+    they run in parallel (`crossfuse.lab.units`), longest first, with the results of a serial run."""
+    say = progress
+    encoders = ENCODERS
+    started = time.process_time()
+    say("depth: generating studies")
     studies = generate_studies(plan.depth_steps * plan.batch_size + plan.batch_size, seed=2000 + seeds[0])
     vocab = Vocabulary.build([s.report for s in studies])
     max_len = max_report_length(studies)
@@ -171,8 +188,30 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
         vocab_size=len(vocab), dim=plan.dim, max_len=max_len, encoder=DEPTH_ENCODER, pad_id=vocab.pad_id
     )
     depth_seeds = seeds[: plan.depth_seeds] if len(seeds) >= plan.depth_seeds else seeds
-    points = depth_curve(config, data, probe, plan.depths, depth_seeds, plan.depth_steps, plan.batch_size, plan.lr, say)
-    cpu["depth"] = time.process_time() - started
+    depth_cpu = time.process_time() - started
+
+    routing_units = [("routing", (plan, e, s, e == encoders[0])) for s in seeds for e in encoders]
+    depth_units = [("depth", (plan, config, data, probe, d, depth_seeds)) for d in plan.depths]
+    units = routing_units + depth_units
+    order = sorted(range(len(units)), key=lambda i: -_cost(units[i]))  # the longest start first
+    done = dict(zip(order, run_units(_unit, [units[i] for i in order], say), strict=True))
+    results = [done[i] for i in range(len(units))]
+
+    routing: dict[str, list[WordRouting]] = {}
+    dependent: dict[str, list[WordRouting]] = {}  # reported only: image-dependent tokens
+    entropy: dict[str, list[float]] = {}
+    for out in results[: len(routing_units)]:
+        for name, words in out["routing"].items():
+            routing.setdefault(name, []).extend(words)
+        for name, words in out["dependent"].items():
+            dependent.setdefault(name, []).extend(words)
+        for name, value in out["entropy"].items():
+            entropy.setdefault(name, []).append(value)
+    points = [p for out in results[len(routing_units) :] for p in out["points"]]
+    cpu = {
+        "routing": sum(out["cpu_s"] for out in results[: len(routing_units)]),
+        "depth": depth_cpu + sum(out["cpu_s"] for out in results[len(routing_units) :]),
+    }
 
     ratios = {name: [w.ratio for w in words] for name, words in routing.items()}
     main = f"{encoders[0]}, trained"

@@ -99,6 +99,7 @@ from crossfuse.lab.grounding import finding_scores, parse_findings, per_kind_f1
 from crossfuse.lab.pointing import IMAGE_DEPENDENT_THRESHOLD, PrefixModel, score_report, summarize
 from crossfuse.lab.report_figures import heatmaps_figure, training_figure
 from crossfuse.lab.result import Progress, Result, Size, Table
+from crossfuse.lab.units import run_units
 from crossfuse.models.attention_maps import METHODS, word_heatmaps
 from crossfuse.models.captioner_training import PATCH_SIZE, CaptionerShape, TrainedCaptioner, train_captioner
 from crossfuse.models.decoding import greedy_decode
@@ -208,6 +209,11 @@ def score(
     }
 
 
+def _train_row(shape: CaptionerShape, seed: int, label: str, suffix: str, progress: Progress) -> TrainedCaptioner:
+    """One row's captioner (a unit of `run_units`: module level, seeded by ``seed``)."""
+    return train_captioner(shape, seed, lambda text: progress(f"{label}{text}{suffix}"))
+
+
 def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Train every row per seed, choose the heatmap method on validation films, score test films once."""
     scores: dict[str, list[dict]] = {row.name: [] for row in ROWS}
@@ -215,10 +221,16 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     method = ""
     keep: dict[str, tuple[TrainedCaptioner, list, dict]] = {}
     histories = []
-    for i, seed in enumerate(seeds, start=1):
+    units = [
+        (plan.shape_of(row), seed, f"{row.name}: ", f" [seed {i}/{len(seeds)}]")
+        for i, seed in enumerate(seeds, 1)
+        for row in ROWS
+    ]
+    models = iter(run_units(_train_row, units, progress))  # on idle cores when the runner allows (`lab.units`)
+    for i in range(1, len(seeds) + 1):
         for row in ROWS:
             say = lambda text, row=row, i=i: progress(f"{row.name}: {text} [seed {i}/{len(seeds)}]")  # noqa: E731
-            trained = train_captioner(plan.shape_of(row), seed, say)
+            trained = next(models)
             prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
             kinds = VARIANT_KINDS[row.variant]
             if not method:  # the judged row of the first seed picks the method, on validation films only

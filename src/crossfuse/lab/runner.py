@@ -49,6 +49,7 @@ from crossfuse.lab.records import (
 )
 from crossfuse.lab.result import SIZES, Result, Size
 from crossfuse.lab.speed import SpeedProbe, speed_factor
+from crossfuse.lab.units import unit_workers_set
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -249,9 +250,10 @@ def run_lab(
     """Run ``names`` (all experiments when None) into a new output directory, ``jobs`` at a time.
 
     ``jobs`` > 1 (or "auto", see `auto_jobs`) runs experiments in spawned worker processes with this
-    process's torch threads each (experiments built at run time, which a worker cannot import, run here).
-    Every experiment is seeded before it starts, so the results equal a ``jobs=1`` run; records stay in
-    ``names`` order. Expected times are ``Plan.expected_s`` scaled by ``speed`` (measured by
+    process's torch threads each (experiments built at run time, which a worker cannot import, run here);
+    when experiments run one at a time (a single name), ``jobs`` processes run the independent units of
+    each (`crossfuse.lab.units`). Every experiment and unit seeds itself, so the results equal a ``jobs=1``
+    run; records stay in ``names`` order. Expected times are ``Plan.expected_s`` scaled by ``speed`` (measured by
     `speed_factor` when None). ``on_record`` is called after each experiment (after ``results.json`` is
     rewritten). On Ctrl-C the run stops, unfinished experiments are recorded as failed, ``interrupted`` is set.
     """
@@ -286,13 +288,14 @@ def run_lab(
 
     if count == 1 or len(names) == 1 or not all(_importable(lab_result.EXPERIMENTS[n]) for n in names):
         display = ProgressDisplay(total=len(names), stream=stream, tty=tty)
-        for index, name in enumerate(names, start=1):
-            display.start(index, name, expected[name])
-            record = run_experiment(name, size, seed, num_seeds, directory, display)
-            display.finish(_outcome(record))
-            add(record)
-            if lab.interrupted:
-                break
+        with unit_workers_set(count):  # one experiment at a time: its independent units may use the cores
+            for index, name in enumerate(names, start=1):
+                display.start(index, name, expected[name])
+                record = run_experiment(name, size, seed, num_seeds, directory, display)
+                display.finish(_outcome(record))
+                add(record)
+                if lab.interrupted:
+                    break
         return lab
     _run_parallel(names, min(count, len(names)), size, seed, num_seeds, directory, expected, stream, add)
     return lab
