@@ -45,6 +45,7 @@ early fusion (0.572 -> 0.783): the attending strategies lead by 1-2 points, with
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -72,6 +73,7 @@ from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusi
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.lab.token_probe import object_tokens, single_token_probe
+from crossfuse.lab.units import run_units
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
@@ -326,9 +328,49 @@ def explorer_examples(data: BindingSet, index: list[int], weights: torch.Tensor,
     return {"kind": "binding", "examples": examples}
 
 
+@functools.lru_cache(maxsize=1)
+def _scenes(n_train: int, n_test: int, seed: int) -> tuple[BindingSet, BindingSet]:
+    """The seed's train and test scenes, kept for the next unit of the same seed in this process."""
+    return binding_splits(n_train, n_test, seed, config=SCENES)
+
+
+def _unit(budget: Plan, run_seed: int, k: int, count: int, strategy: str, say: Progress) -> dict:
+    """One unit of `run_units`: the seed's single-token probe (``strategy == "probe"``) or one strategy
+    trained and scored on the seed's scenes (accuracy per subset, wall seconds, attention on the asked object)."""
+    train, test = _scenes(budget.n_train, budget.n_test, run_seed)
+    if strategy == "probe":
+        say(f"single-token probe, seed {k}/{count}")
+        return {"probe": single_token_probe(train, test)}
+    masks = subset_masks(test)
+    say(f"training {strategy}, seed {k}/{count}")
+    torch.manual_seed(run_seed)
+    model = build_model(strategy, budget)
+    tic = time.perf_counter()
+    config = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, seed=run_seed)
+    fit(model, train.dataset(PATCH), None, config)
+    out: dict = {"seconds": time.perf_counter() - tic, "parameters": model.num_parameters}
+    out["accuracy"] = evaluate(model, test, masks)
+    out["counts"] = {name: int(m.sum()) for name, m in masks.items()}
+    if strategy in ATTENDING:
+        yes = test.answers.bool()
+        out["grounding"] = {p: attention_on_asked_object(model, test, masks[p] & yes) for p in ("seen", "held_out")}
+    if strategy == "cross" and k == 1:
+        say("attention maps of cross, seed 1")
+        index = _example_index(test)
+        weights = question_attention(model, test, index)
+        subset = test.dataset(PATCH).subset(torch.tensor(index))
+        predicted = model(subset.inputs, subset.masks).logits.argmax(-1).tolist()
+        out["figure"] = attention_figure(test, index, weights, predicted)
+        out["explorer"] = explorer_examples(test, index, weights, predicted)
+    return out
+
+
 def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
-    """Train every strategy on the same scenes per seed; report accuracy by subset, parameters, time."""
-    say, budget = progress, plan
+    """Train every strategy on the same scenes per seed; report accuracy by subset, parameters, time.
+
+    Each (seed, strategy) is a seeded unit: on idle cores they run in parallel (`crossfuse.lab.units`), with
+    the results of a serial run (train times, wall seconds, are measured under whatever else runs)."""
+    budget = plan
     accuracy = {s: {k: [] for k in SUBSETS} for s in STRATEGIES}
     train_time = {s: [] for s in STRATEGIES}
     grounding = {s: {"seen": [], "held_out": []} for s in ATTENDING}
@@ -337,37 +379,20 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     figures: dict[str, bytes] = {}
     extras: dict = {}
     probe: list[float] = []
-    for k, run_seed in enumerate(seeds, start=1):
-        say(f"generating scenes, seed {k}/{len(seeds)}")
-        train, test = binding_splits(budget.n_train, budget.n_test, run_seed, config=SCENES)
-        say(f"single-token probe, seed {k}/{len(seeds)}")
-        probe.append(single_token_probe(train, test))
-        train_data = train.dataset(PATCH)
-        masks = subset_masks(test)
-        counts = {name: int(m.sum()) for name, m in masks.items()}
-        for strategy in STRATEGIES:
-            say(f"training {strategy}, seed {k}/{len(seeds)}")
-            torch.manual_seed(run_seed)
-            model = build_model(strategy, budget)
-            parameters[strategy] = model.num_parameters
-            tic = time.perf_counter()
-            config = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, seed=run_seed)
-            fit(model, train_data, None, config)
-            train_time[strategy].append(time.perf_counter() - tic)
-            for subset, value in evaluate(model, test, masks).items():
-                accuracy[strategy][subset].append(value)
-            if strategy in ATTENDING:
-                yes = test.answers.bool()
-                for part in ("seen", "held_out"):
-                    grounding[strategy][part].append(attention_on_asked_object(model, test, masks[part] & yes))
-            if strategy == "cross" and k == 1:
-                say("attention maps of cross, seed 1")
-                index = _example_index(test)
-                weights = question_attention(model, test, index)
-                subset = test.dataset(PATCH).subset(torch.tensor(index))
-                predicted = model(subset.inputs, subset.masks).logits.argmax(-1).tolist()
-                figures["binding_attention.png"] = attention_figure(test, index, weights, predicted)
-                extras["explorer"] = explorer_examples(test, index, weights, predicted)
+    units = [(budget, s, k, len(seeds), st) for k, s in enumerate(seeds, 1) for st in (*STRATEGIES, "probe")]
+    for (_, _, _, _, strategy), out in zip(units, run_units(_unit, units, progress), strict=True):
+        if strategy == "probe":
+            probe.append(out["probe"])
+            continue
+        parameters[strategy], counts = out["parameters"], out["counts"]
+        train_time[strategy].append(out["seconds"])
+        for subset, value in out["accuracy"].items():
+            accuracy[strategy][subset].append(value)
+        for part, value in out.get("grounding", {}).items():
+            grounding[strategy][part].append(value)
+        if "figure" in out:
+            figures["binding_attention.png"] = out["figure"]
+            extras["explorer"] = out["explorer"]
     figures["binding_accuracy.png"] = accuracy_figure(accuracy)
     rows = [
         [

@@ -31,6 +31,7 @@ first layer's attention peak follows the lag (slope 0.91, r = 0.97 at J = 16).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ from crossfuse.data.neural import NeuralTrials, make_neural_trials
 from crossfuse.embed import jsonable
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
+from crossfuse.lab.units import run_units
 from crossfuse.models.sequence_decoder import CrossSequenceDecoder, EarlySequenceDecoder, SequenceDecoderConfig
 from crossfuse.train import TrainConfig, fit, make_loader, regression_metrics
 
@@ -199,37 +201,52 @@ def lag_tracking(model: CrossSequenceDecoder, data: MultimodalDataset, trials: N
     return result
 
 
+@functools.lru_cache(maxsize=1)
+def _trials(plan: Plan, jitter: int, seed: int) -> tuple[MultimodalDataset, MultimodalDataset, NeuralTrials]:
+    """Train and test sets of one (J, seed) and the test trials, kept for the next unit in this process."""
+    total = plan.train_trials + plan.test_trials
+    train_index, test_index = torch.arange(plan.train_trials), torch.arange(plan.train_trials, total)
+    trials = make_neural_trials(total, jitter, seed=seed)
+    data = standardized_dataset(trials, plan.train_trials)
+    return data.subset(train_index), data.subset(test_index), _subset_trials(trials, test_index)
+
+
+def _unit(plan: Plan, seed: int, k: int, count: int, jitter: int, strategy: str, say: Progress) -> dict:
+    """One strategy trained at one J and seed (a unit of `run_units`): test R^2, parameters, and for cross
+    the attention peak's lag tracking (and the example figure's data at the first seed's largest J)."""
+    train, test, test_trials = _trials(plan, jitter, seed)
+    say(f"training {strategy} at J={jitter}, seed {k + 1}/{count}")
+    model, score = _train_one(strategy, train, test, plan, seed=seed)
+    out: dict[str, Any] = {"r2": score, "params": sum(p.numel() for p in model.parameters())}
+    if strategy == "cross":
+        out["tracking"] = lag_tracking(model, test, test_trials)
+        if k == 0 and jitter == max(plan.jitters):
+            out["example"] = _attention_example(model, test, test_trials)
+    return out
+
+
 def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     """Train every strategy at every jitter J for each seed; report test R^2; see `CRITERION`."""
     say = progress
-    total = plan.train_trials + plan.test_trials
-    train_index, test_index = torch.arange(plan.train_trials), torch.arange(plan.train_trials, total)
     # r2[strategy][J] -> list over seeds
     r2: dict[str, dict[int, list[float]]] = {s: {j: [] for j in plan.jitters} for s in STRATEGIES}
     params: dict[str, int] = {}
     tracking: dict[str, dict[str, Any]] = {}
     example: dict[str, Any] = {}
-    for k, s in enumerate(seeds):
-        spikes_score = None
-        for j in plan.jitters:
-            trials = make_neural_trials(total, j, seed=s)
-            data = standardized_dataset(trials, plan.train_trials)
-            train, test = data.subset(train_index), data.subset(test_index)
-            test_trials = _subset_trials(trials, test_index)
-            for strategy in STRATEGIES:
-                if strategy == "spikes" and spikes_score is not None:
-                    r2[strategy][j].append(spikes_score)  # same spikes, same targets for every J
-                    continue
-                say(f"training {strategy} at J={j}, seed {k + 1}/{len(seeds)}")
-                model, score = _train_one(strategy, train, test, plan, seed=s)
-                params[strategy] = sum(p.numel() for p in model.parameters())
-                r2[strategy][j].append(score)
-                if strategy == "spikes":
-                    spikes_score = score
-                if strategy == "cross":
-                    tracking[f"seed {s}, J={j}"] = lag_tracking(model, test, test_trials)
-                    if k == 0 and j == max(plan.jitters):
-                        example = _attention_example(model, test, test_trials)
+    units = [  # spikes ignore the LFP and its lag: trained once per seed, at the first J
+        (plan, s, k, len(seeds), j, strategy)
+        for k, s in enumerate(seeds)
+        for j in plan.jitters
+        for strategy in STRATEGIES
+        if strategy != "spikes" or j == plan.jitters[0]
+    ]
+    for (_, s, _, _, j, strategy), out in zip(units, run_units(_unit, units, say), strict=True):
+        params[strategy] = out["params"]
+        for jj in plan.jitters if strategy == "spikes" else (j,):  # same spikes, same targets for every J
+            r2[strategy][jj].append(out["r2"])
+        if "tracking" in out:
+            tracking[f"seed {s}, J={j}"] = out["tracking"]
+        example = out.get("example", example)
     means = {st: {j: float(np.mean(v)) for j, v in by_j.items()} for st, by_j in r2.items()}
     j0, j_max = min(plan.jitters), max(plan.jitters)
     drop = {st: means[st][j0] - means[st][j_max] for st in STRATEGIES}
