@@ -41,6 +41,11 @@ and 1.000 on their yes-counterparts (needs >= 0.95 on both); bicross 0.803 / 1.0
 0.574 / 0.906, late 0.653 / 0.730. Seen / held-out pairs: cross 0.781 / 0.783, bicross 0.783 / 0.785, early 0.778 /
 0.780. With 6.7x the quick budget (scenes x epochs) cross gains on distractors (0.451 -> 0.795), but so does
 early fusion (0.572 -> 0.783): the attending strategies lead by 1-2 points, within two standard deviations.
+
+Time at quick size: serial, 138.7 s on a slow day of the 2-core AMD EPYC VM type (2026-11-29). Each (seed,
+strategy) and each seed's probe is an independent, seeded unit, so when the experiment runs alone they use both
+cores (`crossfuse.lab.units`; each process keeps its last seed's scenes): 88.9 s that day, every figure identical
+to the serial run except the train times (wall seconds, now measured beside another unit).
 """
 
 from __future__ import annotations

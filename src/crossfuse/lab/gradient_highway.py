@@ -38,6 +38,11 @@ Exploratory, not a declared run (`train_captioner` at the report experiment's qu
 epochs, local encoder, seed 0, 164.7 CPU s for training and scoring): entropy 0.910 (the precondition would hold),
 routing median ratio 1.24 (cardiomegaly 3.03, nodule 0.98, opacity 1.10, effusion 0.98): still below 2, so a
 longer-trained captioner does not change the routing verdict's direction. The plan was not changed.
+
+Time at quick size (issue 16 item 7: within 120 s on 2 cores). Serial, 79.5 s on one day and 124.8 s on a slower
+day of the same 2-core AMD EPYC VM type (2026-11-29). The captioners (seed x encoder) and the depth points are
+independent, seeded units, so when the experiment runs alone they use both cores (`crossfuse.lab.units`): 74.5 s on
+that slow day, every figure identical to the serial run (CPU seconds in ``raw["cpu_s"]`` are the units' own).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ thread on the 2-core AMD EPYC): precondition met (cross gains 0.143 R^2 over spi
 share 0.976); not supported. Cross 0.959 -> 0.924 (drop 0.035 <= 0.05), beats spikes (0.816) and early fusion at
 J = 16 (0.897; early drops 0.065, LFP alone 0.185), but keeps 0.758 of its gain over spikes (needs >= 0.88). Its
 first layer's attention peak follows the lag (slope 0.91, r = 0.97 at J = 16).
+
+Time at quick size: serial, 146.4 s on a slow day of the 2-core AMD EPYC VM type (2026-11-29, another experiment on
+the other core). Each (seed, J, strategy) is an independent, seeded unit (spikes once per seed: they do not depend
+on J), so when the experiment runs alone they use both cores (`crossfuse.lab.units`): 93.7 s that day, every figure
+identical to the serial run.
 """
 
 from __future__ import annotations

@@ -82,6 +82,13 @@ pointing 0.555; ViT + 4 registers F1 0.977, pointing 0.737 (the best-pointing ro
 findings, and the local encoder does not point better than the ViT; the ViT with registers points best. The local
 encoder's tokens each see 5x5 of the 8x8 patches, so "local" here still mixes most of the film; that, rather than
 the mechanism, may be why locality did not help (not tested).
+
+Time at quick size (issue 16 item 7: within 120 s on 2 cores). Serial, the run took 83.4 s on one day and 139.7 s
+on a slower day of the same 2-core AMD EPYC VM type (2026-11-29, figures identical). The four rows are independent,
+seeded units (`_train_row`), so when the experiment runs alone (`crossfuse lab run report --size quick`, ``--jobs
+auto`` on an idle machine) they train on both cores (`crossfuse.lab.units`): 90.9 s on that slow day, with every
+figure identical to the serial run (raw results equal; tests/test_lab_units.py checks it at smoke size). Plan,
+recipe and criteria unchanged.
 """
 
 from __future__ import annotations
