@@ -61,11 +61,12 @@ def test_a_units_error_is_raised_here() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["report", "gradient_highway", "binding", "jitter"])
+@pytest.mark.parametrize("name", ["report", "gradient_highway", "binding", "jitter", "dominance", "needle"])
 def test_experiments_give_the_same_result_on_two_workers(name: str) -> None:
-    serial = run_experiment(name, "smoke", 1)
+    seeds = 2 if name == "needle" else None  # needle's unit is a seed
+    serial = run_experiment(name, "smoke", 1, seeds)
     with units.unit_workers_set(2):
-        parallel = run_experiment(name, "smoke", 1)
+        parallel = run_experiment(name, "smoke", 1, seeds)
     timing = {"cpu_s", "train_time_s"}  # CPU and wall seconds: measured, not results
     same = repr  # NaN == NaN as text
     assert same({k: v for k, v in parallel.raw.items() if k not in timing}) == same(

@@ -25,12 +25,17 @@ same 120,196 parameters; zero-shot from the previous n 0.992 / 0.987 / 0.989; fl
 1.8 M parameters at n = 1024). Cross trained from scratch, without the curriculum, learns at n = 16 and 64 (0.997,
 0.996) but not at n = 256 or 1024 (0.245, chance): at large n the curriculum, not the architecture alone, finds
 the solution.
+
+Time at quick size: serial, 68.5 s on a slow day of the 2-core AMD EPYC VM type (2026-11-29). Each seed (its size
+curriculum runs in order within it) is an independent, seeded unit, so when the experiment runs alone the seeds use
+both cores (`crossfuse.lab.units`): 37.2 s that day, every figure identical to the serial run except train times.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import matplotlib
 
@@ -45,6 +50,7 @@ from crossfuse.flops import fusion_flops
 from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusion
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
+from crossfuse.lab.units import run_units
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
@@ -222,9 +228,55 @@ def scaling_figure(sizes: tuple[int, ...], acc: dict, params: dict, oracle: dict
     return figure_png(fig)
 
 
+def _seed_unit(budget: Plan, run_seed: int, j: int, count: int, say: Progress) -> dict[str, Any]:
+    """One seed's runs at every n (a unit of `run_units`; cross's size curriculum runs within a seed):
+    accuracy and train seconds per variant and n, parameters per strategy and n, oracle accuracy per n."""
+    keys = [str(n) for n in budget.sizes]
+    out: dict[str, Any] = {"acc": {}, "time": {}, "params": {s: {} for s in STRATEGIES}, "oracle": {}}
+
+    def train(variant: str, key: str, model: FusionModel, data: NeedleSet, epochs: int) -> None:
+        config = TrainConfig(epochs=epochs, batch_size=budget.batch_size, lr=budget.lr, seed=run_seed)
+        tic = time.perf_counter()
+        fit(model, data.dataset(), None, config)
+        out["time"].setdefault(variant, {})[key] = time.perf_counter() - tic
+
+    def score(variant: str, key: str, value: float) -> None:
+        out["acc"].setdefault(variant, {})[key] = value
+
+    torch.manual_seed(run_seed)
+    cross = build_model("cross", budget.sizes[0], budget)
+    for k, (n, key) in enumerate(zip(budget.sizes, keys, strict=True), start=1):
+        say(f"generating haystacks of n={n}, seed {j}/{count}")
+        data_seeds = np.random.SeedSequence([run_seed, n]).generate_state(2)
+        train_set = generate_needle(budget.n_train, n, int(data_seeds[0]), DATA)
+        test = generate_needle(budget.n_test, n, int(data_seeds[1]), DATA)
+        out["oracle"][key] = test.oracle_accuracy()
+        score("cross (zero-shot)", key, accuracy(cross, test) if k > 1 else float("nan"))
+        say(f"training cross at n={n} (curriculum), seed {j}/{count}")
+        train("cross", key, cross, train_set, budget.epochs)
+        score("cross", key, accuracy(cross, test))
+        out["params"]["cross"][key] = cross.num_parameters
+        say(f"training flatten at n={n}, seed {j}/{count}")
+        torch.manual_seed(run_seed)
+        flat = build_model("flatten", n, budget)
+        train("flatten", key, flat, train_set, k * budget.epochs)
+        score("flatten", key, accuracy(flat, test))
+        out["params"]["flatten"][key] = flat.num_parameters
+        if budget.scratch:
+            say(f"training cross from scratch at n={n}, seed {j}/{count}")
+            torch.manual_seed(run_seed)
+            scratch = build_model("cross", n, budget)
+            train("cross (scratch)", key, scratch, train_set, k * budget.epochs)
+            score("cross (scratch)", key, accuracy(scratch, test))
+    return out
+
+
 def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
-    """Train flatten and cross at every haystack size; report accuracy, parameters and FLOPs vs n."""
-    say, budget = progress, plan
+    """Train flatten and cross at every haystack size; report accuracy, parameters and FLOPs vs n.
+
+    Each seed is a seeded unit: on idle cores seeds run in parallel (`crossfuse.lab.units`), with the
+    results of a serial run (train times, wall seconds, are measured beside the other unit)."""
+    budget = plan
     keys = [str(n) for n in budget.sizes]
     variants = [v for v in VARIANTS if budget.scratch or v != "cross (scratch)"]
     acc: dict[str, dict[str, list[float]]] = {v: {k: [] for k in keys} for v in variants}
@@ -232,39 +284,16 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     params: dict[str, dict[str, int]] = {s: {} for s in STRATEGIES}
     flops = {s: {k: flops_per_example(s, int(k), budget) for k in keys} for s in STRATEGIES}
     oracle: dict[str, list[float]] = {k: [] for k in keys}
-
-    def train(variant: str, key: str, model: FusionModel, data: NeedleSet, epochs: int, run_seed: int) -> None:
-        config = TrainConfig(epochs=epochs, batch_size=budget.batch_size, lr=budget.lr, seed=run_seed)
-        tic = time.perf_counter()
-        fit(model, data.dataset(), None, config)
-        train_time[variant][key].append(time.perf_counter() - tic)
-
-    for j, run_seed in enumerate(seeds, start=1):
-        torch.manual_seed(run_seed)
-        cross = build_model("cross", budget.sizes[0], budget)
-        for k, (n, key) in enumerate(zip(budget.sizes, keys, strict=True), start=1):
-            say(f"generating haystacks of n={n}, seed {j}/{len(seeds)}")
-            data_seeds = np.random.SeedSequence([run_seed, n]).generate_state(2)
-            train_set = generate_needle(budget.n_train, n, int(data_seeds[0]), DATA)
-            test = generate_needle(budget.n_test, n, int(data_seeds[1]), DATA)
-            oracle[key].append(test.oracle_accuracy())
-            acc["cross (zero-shot)"][key].append(accuracy(cross, test) if k > 1 else float("nan"))
-            say(f"training cross at n={n} (curriculum), seed {j}/{len(seeds)}")
-            train("cross", key, cross, train_set, budget.epochs, run_seed)
-            acc["cross"][key].append(accuracy(cross, test))
-            params["cross"][key] = cross.num_parameters
-            say(f"training flatten at n={n}, seed {j}/{len(seeds)}")
-            torch.manual_seed(run_seed)
-            flat = build_model("flatten", n, budget)
-            train("flatten", key, flat, train_set, k * budget.epochs, run_seed)
-            acc["flatten"][key].append(accuracy(flat, test))
-            params["flatten"][key] = flat.num_parameters
-            if budget.scratch:
-                say(f"training cross from scratch at n={n}, seed {j}/{len(seeds)}")
-                torch.manual_seed(run_seed)
-                scratch = build_model("cross", n, budget)
-                train("cross (scratch)", key, scratch, train_set, k * budget.epochs, run_seed)
-                acc["cross (scratch)"][key].append(accuracy(scratch, test))
+    units = [(budget, run_seed, j, len(seeds)) for j, run_seed in enumerate(seeds, start=1)]
+    for out in run_units(_seed_unit, units, progress):
+        for key in keys:
+            oracle[key].append(out["oracle"][key])
+            for v in variants:
+                acc[v][key].append(out["acc"][v][key])
+                if v in out["time"]:
+                    train_time[v][key].append(out["time"][v][key])
+        for s in STRATEGIES:
+            params[s].update(out["params"][s])
     rows = [
         [
             n,
