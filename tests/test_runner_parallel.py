@@ -59,6 +59,19 @@ def test_auto_jobs_uses_idle_cores_up_to_two(cores: int, load: float, expected: 
     assert auto_jobs(cores, load) == expected
 
 
+@pytest.mark.parametrize(("idle_jobs", "threads", "expected"), [(2, 1, 2), (2, 2, 1), (1, 4, 1)])
+def test_auto_jobs_leave_room_for_each_process_threads(monkeypatch, idle_jobs, threads, expected) -> None:
+    """With --threads 2 on two idle cores, one process at a time (2 x 2 threads would oversubscribe)."""
+
+    monkeypatch.setattr(runner, "auto_jobs", lambda: idle_jobs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert resolve_jobs("auto") == expected
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("jobs", [0, -1, "two", 1.5, True])
 def test_bad_jobs_name_the_argument(jobs) -> None:
     with pytest.raises(ValueError, match=r"^jobs: expected an integer >= 1 or 'auto', got"):

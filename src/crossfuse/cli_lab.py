@@ -106,8 +106,8 @@ def _add_lab_options(parser: argparse.ArgumentParser, top: bool) -> None:
     add(
         "--jobs",
         "auto",
-        "processes at once: experiments, or one experiment's independent rows and seeds; N, or auto (2 when "
-        "two cores are idle, else 1)",
+        "processes at once: experiments, or one experiment's independent rows and seeds; N, or auto (idle "
+        "cores up to 2, divided by --threads)",
     )
 
 

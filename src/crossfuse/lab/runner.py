@@ -210,9 +210,12 @@ def auto_jobs(cores: int | None = None, load: float | None = None) -> int:
 
 
 def resolve_jobs(jobs: int | str) -> int:
-    """``jobs`` as a count: an int >= 1, or "auto" (`auto_jobs`)."""
+    """``jobs`` as a count: an int >= 1, or "auto": `auto_jobs` divided by this process's torch threads (each
+    process uses that many), at least 1."""
     if jobs == "auto":
-        return auto_jobs()
+        import torch
+
+        return max(1, auto_jobs() // torch.get_num_threads())
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected an integer >= 1 or 'auto', got {jobs!r}")
     return jobs
