@@ -62,7 +62,6 @@ def test_auto_jobs_uses_idle_cores_up_to_two(cores: int, load: float, expected: 
 @pytest.mark.parametrize(("idle_jobs", "threads", "expected"), [(2, 1, 2), (2, 2, 1), (1, 4, 1)])
 def test_auto_jobs_leave_room_for_each_process_threads(monkeypatch, idle_jobs, threads, expected) -> None:
     """With --threads 2 on two idle cores, one process at a time (2 x 2 threads would oversubscribe)."""
-
     monkeypatch.setattr(runner, "auto_jobs", lambda: idle_jobs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
