@@ -81,7 +81,11 @@ pointing 0.555; ViT + 4 registers F1 0.977, pointing 0.737 (the best-pointing ro
 0.743); hard films F1 0.948 (rib fracture 0.839), pointing 0.539. So with enough training every encoder writes the
 findings, and the local encoder does not point better than the ViT; the ViT with registers points best. The local
 encoder's tokens each see 5x5 of the 8x8 patches, so "local" here still mixes most of the film; that, rather than
-the mechanism, may be why locality did not help (not tested).
+the mechanism, may be why locality did not help (not tested at full size). Exploratory, quick budget, not a declared
+run (`python benchmarks/encoder_locality.py --depths 0,1,2 --seeds 0,1 --vit`; benchmarks/README.md): mean
+chance-corrected pointing over seeds 0-1 with local depth 0 / 1 / 2 (1x1 / 3x3 / 5x5 patches) 0.620 / 0.654 / 0.586,
+ViT 0.361; F1 0.578 / 0.881 / 0.893, ViT 0.522. Local beats global at that budget; the local depths are not
+ranked by two seeds (depth 2: 0.719 and 0.453).
 
 Time at quick size (issue 16 item 7: within 120 s on 2 cores). Serial, the run took 83.4 s on one day and 139.7 s
 on a slower day of the same 2-core AMD EPYC VM type (2026-11-29, figures identical). The four rows are independent,
