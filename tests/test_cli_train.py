@@ -192,6 +192,13 @@ def test_compare_table_files_and_unknown_names(data_dir: Path, tmp_path: Path, c
     summary = json.loads((out / "compare.json").read_text())
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the bar chart over seeds
+    assert (out / "compare_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # per-epoch curves
+    epochs = int(SMALL[SMALL.index("--epochs") + 1])
+    for name in ("early", "flatten"):  # one curve per seed, one value per epoch; the last is the table's
+        curves = summary["curves"][name]
+        assert len(curves) == 2 and all(len(c["train_loss"]) == len(c["val_accuracy"]) == epochs for c in curves)
+        final = [c["val_accuracy"][-1] for c in curves]
+        assert final == pytest.approx([r["val_accuracy"] for r in summary["raw"][name]])
     assert [r["fusion"] for r in rows] == ["baseline", "early", "flatten"]
     for row, entry in zip(rows, summary["table"], strict=True):
         accuracies = [r["test_accuracy"] for r in summary["raw"][row["fusion"]]]

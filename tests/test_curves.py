@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from crossfuse.curves import compare_figure, curves_figure, plot_run
+from crossfuse.curves import compare_curves_figure, compare_curves_plot, compare_figure, curves_figure, plot_run
 
 
 def records() -> list[dict]:
@@ -61,4 +61,20 @@ def test_plot_run_writes_a_png(tmp_path: Path) -> None:
 
 def test_compare_figure_bars_are_means_with_std(tmp_path: Path) -> None:
     path = compare_figure({"cross": [0.8, 0.9], "late": [0.7]}, "accuracy", tmp_path / "bars.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_curves_are_means_over_seeds_without_nan(tmp_path: Path) -> None:
+    curves = {
+        "cross": [{"loss": [1.0, 0.5], "acc": [0.5, float("nan")]}, {"loss": [3.0, 1.5], "acc": [0.7, 0.9]}],
+        "late": [{"loss": [2.0], "acc": []}],
+    }
+    fig = compare_curves_plot(curves, ["loss", "acc"])
+    loss, acc = fig.axes
+    drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in loss.lines}
+    assert drawn == {"cross": ([1, 2], [2.0, 1.0]), "late": ([1], [2.0])}
+    (cross,) = acc.lines  # late has no accuracy: no line
+    assert list(cross.get_ydata()) == pytest.approx([0.6, 0.9])  # the NaN of seed 0 is left out
+    plt.close(fig)
+    path = compare_curves_figure(curves, ["loss", "acc"], tmp_path / "curves.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

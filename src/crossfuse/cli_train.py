@@ -274,6 +274,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(line)
     paths = result.write(out)
     print(f"table written to {paths[0]} and {paths[1]}; bar chart (error bars over seeds) in {paths[2]}")
+    print(f"curves per epoch (mean ± std over seeds) in {paths[3]}")
     return 0
 
 
@@ -373,6 +374,8 @@ def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForma
     _add_data_and_model_args(compare)
     compare.add_argument("--fusions", default="early,late,flatten,cross,bicross", help="comma-separated strategies")
     compare.add_argument("--seeds", type=int, default=3, help="seeds per strategy")
-    compare.add_argument("--out", default="runs/compare", help="directory for compare.csv, compare.json, compare.png")
-    compare.add_argument("--force", action="store_true", help="overwrite an existing compare.csv/json/png")
+    compare.add_argument(
+        "--out", default="runs/compare", help="directory for compare.csv, .json, .png, compare_curves.png"
+    )
+    compare.add_argument("--force", action="store_true", help="overwrite existing compare files")
     compare.set_defaults(func=cmd_compare)

@@ -3,8 +3,10 @@
 `compare_fusions` trains every (strategy, seed) pair with `crossfuse.train.fit`, scores the final
 weights on the validation rows (and the test rows when the split has them) and returns a `Comparison`;
 `Comparison.write` saves ``compare.csv`` (one row per strategy, mean and std of every metric),
-``compare.json`` (the table, every seed's record and the settings) and ``compare.png`` (bar chart with
-error bars over seeds, `crossfuse.curves.compare_figure`). Standard deviations are over seeds, ddof=0.
+``compare.json`` (the table, every seed's record and per-epoch curves, the settings), ``compare.png`` (bar
+chart with error bars over seeds, `crossfuse.curves.compare_figure`) and ``compare_curves.png`` (training
+loss and the validation headline metric per epoch, mean ± std over seeds per strategy,
+`crossfuse.curves.compare_curves_figure`). Standard deviations are over seeds, ddof=0.
 
 Two references come with every comparison: a linear baseline (`crossfuse.baseline`: a linear model on
 the mean-pooled, concatenated inputs) as the table's first row, with each strategy's ``gap`` to it on
@@ -39,7 +41,7 @@ from crossfuse.lab.common import mean_std
 from crossfuse.runs import TargetEncoding
 from crossfuse.train import TrainConfig, evaluate, fit, seed_everything
 
-FILES = ("compare.csv", "compare.json", "compare.png")
+FILES = ("compare.csv", "compare.json", "compare.png", "compare_curves.png")
 
 
 def check_fusion_names(names: Sequence[str], argument: str = "fusions") -> None:
@@ -67,6 +69,7 @@ class Comparison:
     baseline: dict[str, float] = field(default_factory=dict)  # the linear baseline's record (same columns)
     ablations: dict[str, list[Ablation]] = field(default_factory=dict)  # per strategy, one per seed
     held_out: str = "val"  # the split the gap and the ablation are measured on ("test" when there is one)
+    curves: dict[str, list[dict[str, list[float]]]] = field(default_factory=dict)  # per strategy, one per seed
 
     @property
     def headline(self) -> str:
@@ -135,8 +138,8 @@ class Comparison:
         ]
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write compare.csv, compare.json and compare.png into ``out`` (created); return the paths."""
-        from crossfuse.curves import compare_figure
+        """Write `FILES` into ``out`` (created); return their paths in that order."""
+        from crossfuse.curves import compare_curves_figure, compare_figure
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -159,9 +162,11 @@ class Comparison:
         record["ablation"] = {n: dataclasses.asdict(mean_ablation(a)) for n, a in self.ablations.items()}
         record["held_out"] = self.held_out
         raw = {**self.raw, **({"baseline": [self.baseline]} if self.baseline else {})}
-        atomic_write_text(paths[1], json.dumps({**record, "table": summary, "raw": raw}, indent=1))
+        payload = {**record, "table": summary, "raw": raw, "curves": self.curves}
+        atomic_write_text(paths[1], json.dumps(payload, indent=1))
         metric = f"val_{main_metric(self.task)}"
         compare_figure({n: [r[metric] for r in rs] for n, rs in self.raw.items()}, metric, paths[2])
+        compare_curves_figure(self.curves, ("train_loss", metric), paths[3])
         return paths
 
 
@@ -212,6 +217,9 @@ def compare_fusions(
                 scores = evaluate(model, parts["test"], task)
                 record.update({f"test_{k}": v for k, v in scores.items() if k != "score"})
             result.raw.setdefault(name, []).append(record)
+            result.curves.setdefault(name, []).append(
+                {k: [float(h.get(k, float("nan"))) for h in fitted.history] for k in ("train_loss", f"val_{metric}")}
+            )
             result.ablations.setdefault(name, []).append(ablation(model, parts[result.held_out], task))
             if progress is not None:
                 progress(

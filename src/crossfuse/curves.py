@@ -4,7 +4,7 @@ Read from the run's ``metrics.jsonl`` (epoch records, and step records where hoo
 ``grad_share/<modality>`` with ``--monitor-gradients``, ``ogm_coeff/<modality>`` with OGM-GE), drawn
 with matplotlib into one PNG: ``crossfuse plot --run DIR`` and the end of ``crossfuse train``
 (``DIR/curves.png``). `compare_figure` draws the bar chart of ``crossfuse compare`` with error bars
-over seeds.
+over seeds, `compare_curves_figure` its per-epoch curves (mean ± std over seeds per strategy).
 
 Shapes: no tensors; plot_run(run_dir, out) -> path of the PNG written.
 """
@@ -119,6 +119,50 @@ def compare_figure(scores: Mapping[str, Sequence[float]], metric: str, out: str 
     ax.set_title(f"{metric} by strategy (mean ± std over {'/'.join(map(str, seeds))} seed(s))", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    target = Path(out)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def compare_curves_plot(
+    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], keys: Sequence[str]
+) -> plt.Figure:
+    """One panel per key (e.g. ``train_loss``, ``val_accuracy``): per strategy the mean over seeds per epoch,
+    with a ± std band; NaN entries (an epoch without that value) are left out of the mean.
+
+    Shapes: curves {strategy: [{key: [value per epoch]} per seed]} -> a figure with ``len(keys)`` axes.
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name, runs in curves.items():
+            length = max((len(r.get(key, ())) for r in runs), default=0)
+            values = np.full((len(runs), length), np.nan)
+            for i, r in enumerate(runs):
+                values[i, : len(r.get(key, ()))] = r.get(key, ())
+            seen = ~np.isnan(values).all(axis=0) if length else np.zeros(0, dtype=bool)
+            if not seen.any():
+                continue
+            epochs = np.arange(1, length + 1)[seen]
+            mean, std = np.nanmean(values[:, seen], axis=0), np.nanstd(values[:, seen], axis=0)
+            (line,) = ax.plot(epochs, mean, "o-", markersize=3, label=name)
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_title(key, fontsize=10)
+        ax.grid(alpha=0.3)
+    seeds = sorted({len(v) for v in curves.values()})
+    if axes[0][-1].lines:
+        axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"per epoch, mean ± std over {'/'.join(map(str, seeds))} seed(s)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def compare_curves_figure(
+    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], keys: Sequence[str], out: str | Path
+) -> Path:
+    """`compare_curves_plot` written to ``out`` as a PNG; returns the path."""
+    fig = compare_curves_plot(curves, keys)
     target = Path(out)
     fig.savefig(target, dpi=110)
     plt.close(fig)
