@@ -19,3 +19,16 @@ def draw(seed: int, count: int, say: Callable[[str], None]) -> tuple[list[float]
 def fail(message: str, say: Callable[[str], None]) -> None:
     """A unit that raises ``ValueError(message)``."""
     raise ValueError(message)
+
+
+def sleep(seconds: float, say: Callable[[str], None]) -> float:
+    """A unit that sleeps ``seconds`` (to see it stopped when another unit fails)."""
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def fail_or_sleep(kind: str, value, say: Callable[[str], None]):
+    """``fail(value)`` or ``sleep(value)`` by ``kind`` (one function for units of both kinds)."""
+    return fail(value, say) if kind == "fail" else sleep(value, say)

@@ -2,13 +2,14 @@
 
 import io
 import os
+import time
 
 import pytest
 
 from crossfuse.lab import units
 from crossfuse.lab.result import run_experiment
 from crossfuse.lab.runner import run_lab
-from fake_units import draw, fail
+from fake_units import draw, fail, fail_or_sleep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,9 +56,13 @@ def test_workers_give_the_serial_results_in_unit_order(capsys) -> None:
 
 
 @pytest.mark.slow
-def test_a_units_error_is_raised_here() -> None:
+def test_a_units_error_is_raised_here_and_stops_the_others() -> None:
     with pytest.raises(ValueError, match="unit two failed"):
         units.run_units(fail, [("unit two failed",)] * 2, lambda _: None, workers=2)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="boom"):
+        units.run_units(fail_or_sleep, [("sleep", 60.0), ("fail", "boom")], lambda _: None, workers=2)
+    assert time.monotonic() - started < 30  # the sleeping unit was terminated, not waited for
 
 
 @pytest.mark.slow

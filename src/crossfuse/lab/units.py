@@ -3,12 +3,13 @@
 An experiment whose units are independent hands them to `run_units`. With one worker they run here, one
 after another; with more, in spawned worker processes (each with this process's torch threads), and the
 results come back in unit order. Every unit seeds itself (`crossfuse.train.fit`, `train_captioner`), so
-the results equal a one-worker run (tests/test_lab_units.py checks it on the report experiment).
+the results equal a one-worker run (tests/test_lab_units.py checks it on six experiments).
 
 The lab's runner sets the worker count (`set_unit_workers`): its resolved ``--jobs`` when experiments run
 one at a time (``crossfuse lab run NAME`` on an idle 2-core machine: 2), 1 inside a parallel run's
 experiment workers, whose cores are already taken. A unit's printed output goes to this process's
-stdout (the experiment's log), its progress lines to the experiment's progress.
+stdout (the experiment's log), its progress lines to the experiment's progress. Ctrl-C or a unit's error
+stops the workers (they leave SIGINT to this process).
 
 Shapes: no tensors; ``run_units(fn, units, progress)  ->  [fn(*unit, say) for unit in units]``.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
+import queue
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -63,15 +66,43 @@ def importable(fn: Callable) -> bool:
     )
 
 
-def _call(fn: Callable[..., T], args: tuple, index: int, stages: Any, threads: int) -> tuple[T, str]:
-    """Runs in a worker: ``fn(*args, say)`` with its output captured and its progress sent to ``stages``."""
+_stages: Any = None  # a worker's queue of (unit index, progress text), set by `_start_worker`
+
+
+def _start_worker(stages: Any, threads: int) -> None:
+    """Runs once in each worker: the parent's torch threads, the progress queue, and Ctrl-C left to the parent
+    (which stops the workers), so an interrupt does not print a traceback per worker."""
+    global _stages
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    _stages = stages
+
+
+def _call(fn: Callable[..., T], args: tuple, index: int) -> tuple[T, str]:
+    """Runs in a worker: ``fn(*args, say)`` with its output captured and its progress sent to the parent."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        value = fn(*args, lambda text: stages.put((index, str(text))))
+        value = fn(*args, lambda text: _stages.put((index, str(text))))
     return value, printed.getvalue()
+
+
+def _forward(stages: Any, progress: Callable[[str], None]) -> None:
+    """Hand the progress lines the workers sent so far to ``progress``."""
+    while True:
+        try:
+            progress(stages.get_nowait()[1])
+        except queue.Empty:
+            return
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the units not started and terminate the workers (Ctrl-C, or a unit's error)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def run_units(
@@ -84,7 +115,8 @@ def run_units(
 
     ``fn`` takes a unit's arguments and then a progress callable; to run in another process it must be a
     module-level function (else the units run here) and its arguments and result picklable. Units start
-    in the order given: put the longest first. A unit's exception is raised here, after the running units end.
+    in the order given: put the longest first. A unit's exception is raised here and stops the other units;
+    so does Ctrl-C.
     """
     units = list(units)
     count = min(unit_workers() if workers is None else workers, len(units))
@@ -94,20 +126,25 @@ def run_units(
 
     results: list[Any] = [None] * len(units)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with context.Manager() as manager, ProcessPoolExecutor(count, mp_context=context) as pool:
-        stages = manager.Queue()
-        futures = {pool.submit(_call, fn, args, i, stages, torch.get_num_threads()): i for i, args in enumerate(units)}
+    stages = context.Queue()
+    pool = ProcessPoolExecutor(
+        count, mp_context=context, initializer=_start_worker, initargs=(stages, torch.get_num_threads())
+    )
+    try:
+        futures = {pool.submit(_call, fn, args, i): i for i, args in enumerate(units)}
         pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                while not stages.empty():
-                    progress(stages.get()[1])
-                for future in done:
-                    value, printed = future.result()
-                    sys.stdout.write(printed)
-                    results[futures[future]] = value
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            _forward(stages, progress)
+            for future in done:
+                value, printed = future.result()
+                sys.stdout.write(printed)
+                results[futures[future]] = value
+        _forward(stages, progress)
+    except BaseException:
+        _stop(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        stages.close()
     return results
