@@ -95,7 +95,7 @@ def test_caption_train_encoder_flags(tmp_path: Path) -> None:
     [
         (("--finding-loss", "-1"), "--finding-loss: expected a finite weight >= 0"),
         (("--finding-loss", "nan"), "--finding-loss: expected a finite weight >= 0"),
-        (("--registers", "2"), "--registers: expected >= 0, and only with --encoder vit"),
+        (("--registers", "2"), "--registers: expected >= 0, and only with the vit encoder; got 2 with 'local'"),
         (("--encoder", "vit", "--registers", "-1"), "--registers: expected >= 0"),
     ],
 )

@@ -23,6 +23,7 @@ def cmd_caption_train(args: argparse.Namespace) -> int:
 
     from crossfuse.checkpoint import save_captioner
     from crossfuse.data.radiographs import save_png
+    from crossfuse.models.captioner import check_registers
     from crossfuse.models.captioner_training import CAPTIONER_SIZES, train_captioner
     from crossfuse.run_dir import prepare_run_dir
 
@@ -30,10 +31,7 @@ def cmd_caption_train(args: argparse.Namespace) -> int:
         raise ValueError(f"samples: expected >= 0, got {args.samples}")
     if not (math.isfinite(args.finding_loss) and args.finding_loss >= 0):
         raise ValueError(f"finding_loss: expected a finite weight >= 0 (0 = off), got {args.finding_loss}")
-    if args.registers < 0 or (args.registers and args.encoder != "vit"):
-        raise ValueError(
-            f"registers: expected >= 0, and only with --encoder vit; got {args.registers} (--encoder {args.encoder})"
-        )
+    check_registers(args.registers, args.encoder)  # before the run directory is made
     out = Path(args.out)
     prepare_run_dir(out, force=args.force, kind="captioner")
     shape = replace(

@@ -39,6 +39,13 @@ from crossfuse.validation import check_tensor
 ENCODERS = ("vit", "local")
 
 
+def check_registers(registers: int, encoder: str) -> None:
+    """ValueError naming ``registers`` unless it is >= 0 and, when > 0, ``encoder`` is "vit" (the local
+    encoder has no self-attention for register tokens to join)."""
+    if registers < 0 or (registers and encoder != "vit"):
+        raise ValueError(f"registers: expected >= 0, and only with the vit encoder; got {registers} with {encoder!r}")
+
+
 @dataclass(frozen=True)
 class CaptionerConfig:
     """Sizes of the captioner; defaults fit 64x64 films and ~30-token reports on a CPU."""
@@ -66,10 +73,7 @@ class CaptionerConfig:
             raise ValueError(f"memory: expected 'patches' or 'pooled', got {self.memory!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder: expected one of {ENCODERS}, got {self.encoder!r}")
-        if self.registers < 0 or (self.registers and self.encoder != "vit"):
-            raise ValueError(
-                f"registers: expected >= 0 and only with encoder='vit', got {self.registers} with {self.encoder!r}"
-            )
+        check_registers(self.registers, self.encoder)
         if self.vocab_size <= max(self.pad_id, self.bos_id, self.eos_id):
             raise ValueError(f"vocab_size: expected > special token ids, got {self.vocab_size}")
 
