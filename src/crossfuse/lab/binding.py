@@ -385,7 +385,9 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     extras: dict = {}
     probe: list[float] = []
     units = [(budget, s, k, len(seeds), st) for k, s in enumerate(seeds, 1) for st in (*STRATEGIES, "probe")]
-    for (_, _, _, _, strategy), out in zip(units, run_units(_unit, units, progress), strict=True):
+    outs = run_units(_unit, units, progress)
+    _scenes.cache_clear()  # units that ran here leave the last seed's scenes cached
+    for (_, _, _, _, strategy), out in zip(units, outs, strict=True):
         if strategy == "probe":
             probe.append(out["probe"])
             continue

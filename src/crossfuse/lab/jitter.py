@@ -245,7 +245,9 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
         for strategy in STRATEGIES
         if strategy != "spikes" or j == plan.jitters[0]
     ]
-    for (_, s, _, _, j, strategy), out in zip(units, run_units(_unit, units, say), strict=True):
+    outs = run_units(_unit, units, say)
+    _trials.cache_clear()  # units that ran here leave the last (J, seed) cached
+    for (_, s, _, _, j, strategy), out in zip(units, outs, strict=True):
         params[strategy] = out["params"]
         for jj in plan.jitters if strategy == "spikes" else (j,):  # same spikes, same targets for every J
             r2[strategy][jj].append(out["r2"])
