@@ -43,6 +43,12 @@ Time at quick size (issue 16 item 7: within 120 s on 2 cores). Serial, 79.5 s on
 day of the same 2-core AMD EPYC VM type (2026-11-29). The captioners (seed x encoder) and the depth points are
 independent, seeded units, so when the experiment runs alone they use both cores (`crossfuse.lab.units`): 74.5 s on
 that slow day, every figure identical to the serial run (CPU seconds in ``raw["cpu_s"]`` are the units' own).
+
+Second full-size run (2026-11-29, `crossfuse lab run gradient_highway --size full`: units on 2 processes with one
+torch thread each, where the first ran serially with 2 threads; plan and criteria unchanged; 891.8 s wall, 1,720 CPU
+s in the units): supported again. Entropy 0.844 (first run 0.847); routing median ratio local 2.91 (2.87), ViT 2.30
+(2.64), untrained 0.97, pooled 1.00; depth ratios 3.94 / 4.66 / 3.34 / 3.17 after 150 steps (identical). The thread
+count changes the order of floating-point sums, hence the small differences in the trained captioners.
 """
 
 from __future__ import annotations
