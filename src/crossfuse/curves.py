@@ -91,17 +91,22 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return list(iter_metrics(Path(run_dir), kind=None))
 
 
+def _save(fig: plt.Figure, out: str | Path) -> Path:
+    """Write ``fig`` to ``out`` (PNG, 110 dpi), close it, return the path."""
+    target = Path(out)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw the curves of ``run_dir`` into ``out`` (default ``run_dir/curves.png``); return the path."""
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / CURVES_FILE
     if target.suffix.lower() != ".png":
         raise ValueError(f"out: expected a .png file name, got {str(target)!r}")
-    fig = curves_figure(read_records(run_dir), title=str(run_dir))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(curves_figure(read_records(run_dir), title=str(run_dir)), target)
 
 
 def compare_figure(scores: Mapping[str, Sequence[float]], metric: str, out: str | Path) -> Path:
@@ -119,10 +124,7 @@ def compare_figure(scores: Mapping[str, Sequence[float]], metric: str, out: str 
     ax.set_title(f"{metric} by strategy (mean ± std over {'/'.join(map(str, seeds))} seed(s))", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    target = Path(out)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(fig, out)
 
 
 def compare_curves_plot(
@@ -162,8 +164,4 @@ def compare_curves_figure(
     curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], keys: Sequence[str], out: str | Path
 ) -> Path:
     """`compare_curves_plot` written to ``out`` as a PNG; returns the path."""
-    fig = compare_curves_plot(curves, keys)
-    target = Path(out)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(compare_curves_plot(curves, keys), out)

@@ -50,7 +50,6 @@ to the serial run except the train times (wall seconds, now measured beside anot
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -78,7 +77,7 @@ from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusi
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
 from crossfuse.lab.token_probe import object_tokens, single_token_probe
-from crossfuse.lab.units import run_units
+from crossfuse.lab.units import run_units, unit_cache
 from crossfuse.train import TrainConfig, fit, predict_batches
 
 CLAIM = (
@@ -333,7 +332,7 @@ def explorer_examples(data: BindingSet, index: list[int], weights: torch.Tensor,
     return {"kind": "binding", "examples": examples}
 
 
-@functools.lru_cache(maxsize=1)
+@unit_cache
 def _scenes(n_train: int, n_test: int, seed: int) -> tuple[BindingSet, BindingSet]:
     """The seed's train and test scenes, kept for the next unit of the same seed in this process."""
     return binding_splits(n_train, n_test, seed, config=SCENES)
@@ -385,9 +384,7 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     extras: dict = {}
     probe: list[float] = []
     units = [(budget, s, k, len(seeds), st) for k, s in enumerate(seeds, 1) for st in (*STRATEGIES, "probe")]
-    outs = run_units(_unit, units, progress)
-    _scenes.cache_clear()  # units that ran here leave the last seed's scenes cached
-    for (_, _, _, _, strategy), out in zip(units, outs, strict=True):
+    for (_, _, _, _, strategy), out in zip(units, run_units(_unit, units, progress), strict=True):
         if strategy == "probe":
             probe.append(out["probe"])
             continue

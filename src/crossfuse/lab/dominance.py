@@ -74,7 +74,7 @@ from crossfuse.fusion import FusionConfig, FusionModel, ModalitySpec, build_fusi
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.probe import linear_probe_accuracy, probe
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
-from crossfuse.lab.units import run_units
+from crossfuse.lab.units import run_units, unit_cache
 from crossfuse.train import TrainConfig, fit, predict
 
 __all__ = ["CLAIM", "CRITERION", "PLANS", "PRECONDITION", "Plan", "linear_probe_accuracy", "run"]
@@ -176,12 +176,18 @@ def _curve(records: list[dict[str, float]], key: str) -> list[float]:
     return [float(r.get(key, np.nan)) for r in records]
 
 
+@unit_cache
+def _splits(n_train: int, n_test: int, seed: int) -> tuple[DominanceSplit, DominanceSplit]:
+    """The seed's train and test splits, kept for the next unit of the same seed in this process."""
+    _, splits = dominance_splits({"train": n_train, "test": n_test}, seed, DominanceConfig())
+    return splits["train"], splits["test"]
+
+
 def _unit(plan: Plan, seed: int, index: int, count: int, row: str, say: Progress) -> dict[str, Any]:
     """One unit of `run_units`: a row of `ROWS` trained and probed on the seed's data, or (``row == "init"``)
     the probe of the untrained model."""
     data_config = DominanceConfig()
-    _, splits = dominance_splits({"train": plan.n_train, "test": plan.n_test}, seed, data_config)
-    train, test = splits["train"], splits["test"]
+    train, test = _splits(plan.n_train, plan.n_test, seed)
     if row == "init":
         return probe(build_model(train.data, data_config.num_classes, seed), train.data, test.data)
     say(f"training cross ({row}), seed {index}/{count}")

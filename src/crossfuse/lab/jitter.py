@@ -36,7 +36,6 @@ identical to the serial run.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,7 @@ from crossfuse.data.neural import NeuralTrials, make_neural_trials
 from crossfuse.embed import jsonable
 from crossfuse.lab.common import figure_png, mean_std, verdict
 from crossfuse.lab.result import PlanBase, Progress, Result, Size, Table
-from crossfuse.lab.units import run_units
+from crossfuse.lab.units import run_units, unit_cache
 from crossfuse.models.sequence_decoder import CrossSequenceDecoder, EarlySequenceDecoder, SequenceDecoderConfig
 from crossfuse.train import TrainConfig, fit, make_loader, regression_metrics
 
@@ -206,7 +205,7 @@ def lag_tracking(model: CrossSequenceDecoder, data: MultimodalDataset, trials: N
     return result
 
 
-@functools.lru_cache(maxsize=1)
+@unit_cache
 def _trials(plan: Plan, jitter: int, seed: int) -> tuple[MultimodalDataset, MultimodalDataset, NeuralTrials]:
     """Train and test sets of one (J, seed) and the test trials, kept for the next unit in this process."""
     total = plan.train_trials + plan.test_trials
@@ -245,9 +244,7 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
         for strategy in STRATEGIES
         if strategy != "spikes" or j == plan.jitters[0]
     ]
-    outs = run_units(_unit, units, say)
-    _trials.cache_clear()  # units that ran here leave the last (J, seed) cached
-    for (_, s, _, _, j, strategy), out in zip(units, outs, strict=True):
+    for (_, s, _, _, j, strategy), out in zip(units, run_units(_unit, units, say), strict=True):
         params[strategy] = out["params"]
         for jj in plan.jitters if strategy == "spikes" else (j,):  # same spikes, same targets for every J
             r2[strategy][jj].append(out["r2"])

@@ -232,32 +232,27 @@ def run(plan: Plan, seeds: list[int], progress: Progress) -> Result:
     method = ""
     keep: dict[str, tuple[TrainedCaptioner, list, dict]] = {}
     histories = []
-    units = [
-        (plan.shape_of(row), seed, f"{row.name}: ", f" [seed {i}/{len(seeds)}]")
-        for i, seed in enumerate(seeds, 1)
-        for row in ROWS
-    ]
-    models = iter(run_units(_train_row, units, progress))  # on idle cores when the runner allows (`lab.units`)
-    for i in range(1, len(seeds) + 1):
-        for row in ROWS:
-            say = lambda text, row=row, i=i: progress(f"{row.name}: {text} [seed {i}/{len(seeds)}]")  # noqa: E731
-            trained = next(models)
-            prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
-            kinds = VARIANT_KINDS[row.variant]
-            if not method:  # the judged row of the first seed picks the method, on validation films only
-                say("choosing the heatmap method on validation films")
-                words, maps = generate(trained, trained.val, list(METHODS))
-                for m in METHODS:
-                    macro = score(words, maps[m], trained.val, prefix, kinds)["pointing"]["macro"]["corrected"]
-                    validation[m] = float(np.nan_to_num(macro, nan=-1.0))
-                method = max(METHODS, key=lambda m: validation[m])
-            say(f"scoring {len(trained.test)} held-out reports ({method} heatmaps)")
-            words, maps = generate(trained, trained.test, [method])
-            scores[row.name].append(score(words, maps[method], trained.test, prefix, kinds))
-            if i == 1 and row.name in ("local", "vit"):
-                keep[row.name] = (trained, words, maps[method])
-            if row.name == JUDGED_ROW:
-                histories.append(trained.fit.history)
+    runs = [(i, row) for i in range(1, len(seeds) + 1) for row in ROWS]
+    units = [(plan.shape_of(row), seeds[i - 1], f"{row.name}: ", f" [seed {i}/{len(seeds)}]") for i, row in runs]
+    models = run_units(_train_row, units, progress)  # on idle cores when the runner allows (`lab.units`)
+    for (i, row), (*_, label, suffix), trained in zip(runs, units, models, strict=True):
+        say = lambda text, label=label, suffix=suffix: progress(f"{label}{text}{suffix}")  # noqa: E731
+        prefix = PrefixModel([tokenize(r) for r in trained.train_reports])
+        kinds = VARIANT_KINDS[row.variant]
+        if not method:  # the judged row of the first seed picks the method, on validation films only
+            say("choosing the heatmap method on validation films")
+            words, maps = generate(trained, trained.val, list(METHODS))
+            for m in METHODS:
+                macro = score(words, maps[m], trained.val, prefix, kinds)["pointing"]["macro"]["corrected"]
+                validation[m] = float(np.nan_to_num(macro, nan=-1.0))
+            method = max(METHODS, key=lambda m: validation[m])
+        say(f"scoring {len(trained.test)} held-out reports ({method} heatmaps)")
+        words, maps = generate(trained, trained.test, [method])
+        scores[row.name].append(score(words, maps[method], trained.test, prefix, kinds))
+        if i == 1 and row.name in ("local", "vit"):
+            keep[row.name] = (trained, words, maps[method])
+        if row.name == JUDGED_ROW:
+            histories.append(trained.fit.history)
     judged = scores[JUDGED_ROW]
     kinds = VARIANT_KINDS["standard"]
     kind_f1 = {k: float(np.mean([s["f1"][k] for s in judged])) for k in kinds}

@@ -17,6 +17,7 @@ Shapes: no tensors; ``run_units(fn, units, progress)  ->  [fn(*unit, say) for un
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import multiprocessing
 import queue
@@ -64,6 +65,17 @@ def importable(fn: Callable) -> bool:
         and "<" not in qualname  # lambdas and functions defined inside functions
         and getattr(module, qualname, None) is fn
     )
+
+
+_caches: list[Any] = []  # every `unit_cache`, emptied when `run_units` returns
+
+
+def unit_cache(fn: Callable[..., T]) -> Callable[..., T]:
+    """Keep ``fn``'s last result for the next unit in the same process (e.g. the seed's data, which several
+    units share); `run_units` empties it when it returns, so the experiment's process does not keep it."""
+    cached = functools.lru_cache(maxsize=1)(fn)
+    _caches.append(cached)
+    return cached
 
 
 _stages: Any = None  # a worker's queue of (unit index, progress text), set by `_start_worker`
@@ -120,8 +132,17 @@ def run_units(
     """
     units = list(units)
     count = min(unit_workers() if workers is None else workers, len(units))
-    if count <= 1 or not importable(fn):
-        return [fn(*args, progress) for args in units]
+    try:
+        if count <= 1 or not importable(fn):
+            return [fn(*args, progress) for args in units]
+        return _run_in_workers(fn, units, progress, count)
+    finally:
+        for cache in _caches:
+            cache.cache_clear()
+
+
+def _run_in_workers(fn: Callable[..., T], units: list[tuple], progress: Callable[[str], None], count: int) -> list[T]:
+    """`run_units` on ``count`` spawned worker processes."""
     import torch
 
     results: list[Any] = [None] * len(units)
